@@ -1,0 +1,107 @@
+import { z } from "zod";
+import { conditions, objectMeta } from "./common.js";
+import { SPIN_VARIABLE_NAME } from "./spin-app.js";
+
+export const propertySelector = z.strictObject({
+  matchProperties: z
+    .record(z.string().max(253), z.string().max(4096))
+    .optional()
+    .meta({ description: "Every listed property must equal the given value." }),
+  matchExpressions: z
+    .array(
+      z
+        .strictObject({
+          property: z.string().min(1).max(253),
+          operator: z.enum(["In", "NotIn", "Exists", "DoesNotExist"]),
+          values: z.array(z.string().max(4096)).max(64).default([]),
+        })
+        .meta({
+          "x-kubernetes-validations": [
+            {
+              rule: "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+              message: "In and NotIn need values; Exists and DoesNotExist take none",
+            },
+          ],
+        }),
+    )
+    .max(32)
+    .optional(),
+});
+export type PropertySelector = z.infer<typeof propertySelector>;
+
+export const variableMapping = z.strictObject({
+  name: z
+    .string()
+    .max(253)
+    .regex(SPIN_VARIABLE_NAME, "must be a Spin variable name: [a-z][a-z0-9_]*, no __, no trailing _"),
+  fromProperty: z.string().min(1).max(253),
+});
+export type VariableMapping = z.infer<typeof variableMapping>;
+
+/** The SpinApp spec is SpinKube's; Spindle checks what it relies on and passes the rest through. */
+export const spinAppTemplateSpec = z
+  .looseObject({
+    image: z.string().max(4096).optional(),
+    executor: z.string().max(253).optional(),
+    replicas: z.int().max(1000).optional(),
+  })
+  .meta({ description: "A SpinApp spec (core.spinkube.dev/v1alpha1), copied into every SpinApp." });
+
+export const deviceSpinAppSpec = z.strictObject({
+  deviceConfiguration: z
+    .string()
+    .max(253)
+    .meta({
+      "x-kubernetes-validations": [{ rule: "self.size() > 0", message: "deviceConfiguration must not be empty" }],
+    }),
+  selector: propertySelector.optional(),
+  maxApps: z.int().min(1).max(10000).optional(),
+  variables: z
+    .array(variableMapping)
+    .max(256)
+    .optional()
+    .meta({
+      description: "How device properties become Spin variables. Default: every property, lowercased.",
+      "x-kubernetes-list-type": "map",
+      "x-kubernetes-list-map-keys": ["name"],
+    }),
+  template: z.strictObject({
+    metadata: z
+      .strictObject({
+        labels: z.record(z.string(), z.string()).optional(),
+        annotations: z.record(z.string(), z.string()).optional(),
+      })
+      .optional(),
+    spec: spinAppTemplateSpec,
+  }),
+});
+export type DeviceSpinAppSpec = z.infer<typeof deviceSpinAppSpec>;
+
+export const boundSpinApp = z.strictObject({
+  name: z.string(),
+  device: z.string(),
+  ready: z.boolean(),
+});
+
+export const deviceSpinAppStatus = z.strictObject({
+  observedGeneration: z.int().min(0).optional(),
+  matchedDevices: z.int().min(0).optional(),
+  boundDevices: z.int().min(0).optional(),
+  readySpinApps: z.int().min(0).optional(),
+  spinApps: z
+    .array(boundSpinApp)
+    .max(10000)
+    .optional()
+    .meta({ "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"] }),
+  conditions: conditions.optional(),
+});
+export type DeviceSpinAppStatus = z.infer<typeof deviceSpinAppStatus>;
+
+export const deviceSpinApp = z.object({
+  apiVersion: z.literal("spindle.dev/v1alpha1"),
+  kind: z.literal("DeviceSpinApp"),
+  metadata: objectMeta,
+  spec: deviceSpinAppSpec,
+  status: deviceSpinAppStatus.optional(),
+});
+export type DeviceSpinApp = z.infer<typeof deviceSpinApp>;
