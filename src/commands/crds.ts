@@ -1,0 +1,24 @@
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { allCrdsYaml, crdFileName, crdYaml, KINDS } from "../api/crds.js";
+
+export const CRDS_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../crds");
+
+/** `spindle crds`: print the CRDs, or with --write regenerate crds/ from the zod schemas. */
+export async function crdsCommand(options: { write?: boolean }): Promise<void> {
+  if (!options.write) {
+    process.stdout.write(allCrdsYaml());
+    return;
+  }
+  await mkdir(CRDS_DIR, { recursive: true });
+  for (const kind of KINDS) {
+    const path = join(CRDS_DIR, crdFileName(kind));
+    const yaml = crdYaml(kind);
+    const old = await readFile(path, "utf8").catch(() => "");
+    if (old !== yaml) {
+      await writeFile(path, yaml);
+      process.stderr.write(`wrote ${path}\n`);
+    }
+  }
+}

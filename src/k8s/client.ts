@@ -1,0 +1,85 @@
+import { request } from "node:https";
+import * as k8s from "@kubernetes/client-node";
+
+/** Kubeconfig from a path, $KUBECONFIG, ~/.kube/config or the in-cluster service account. */
+export function loadKubeConfig(path?: string): k8s.KubeConfig {
+  const kc = new k8s.KubeConfig();
+  if (path) kc.loadFromFile(path);
+  else kc.loadFromDefault();
+  return kc;
+}
+
+/** Options that make a client-node patch call a server-side apply. */
+export const applyOptions = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.ServerSideApply);
+
+/** Server-side apply of any object (the object API looks up its resource path once per kind). */
+export async function applyObject<T extends k8s.KubernetesObject>(
+  kc: k8s.KubeConfig,
+  object: T,
+  fieldManager: string,
+): Promise<T> {
+  const api = k8s.KubernetesObjectApi.makeApiClient(kc);
+  return api.patch(object, undefined, undefined, fieldManager, true, k8s.PatchStrategy.ServerSideApply);
+}
+
+/**
+ * Server-side apply of a raw JSON object to `path` (e.g. /apis/apiextensions.k8s.io/v1/
+ * customresourcedefinitions/<name>). Unlike client-node's typed calls it sends the object
+ * byte for byte, so schema keys such as `default` and `x-kubernetes-validations` survive.
+ */
+export async function applyRaw(
+  kc: k8s.KubeConfig,
+  path: string,
+  body: unknown,
+  fieldManager: string,
+): Promise<unknown> {
+  const server = new URL(kc.getCurrentCluster()!.server);
+  const options: import("node:https").RequestOptions = {
+    method: "PATCH",
+    host: server.hostname,
+    port: server.port || 443,
+    path: `${path}?fieldManager=${encodeURIComponent(fieldManager)}&force=true`,
+    headers: { "Content-Type": k8s.PatchStrategy.ServerSideApply, Accept: "application/json" },
+  };
+  await kc.applyToHTTPSOptions(options);
+  const payload = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(options, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8");
+        if ((res.statusCode ?? 500) >= 300) {
+          reject(
+            Object.assign(new Error(`apply ${path}: HTTP ${res.statusCode}`), { code: res.statusCode, body: text }),
+          );
+        } else resolve(JSON.parse(text));
+      });
+    });
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
+/** The HTTP status of a failed client-node call, if it has one. */
+export function statusCode(err: unknown): number | undefined {
+  const e = err as { code?: unknown; statusCode?: unknown; response?: { statusCode?: unknown } };
+  for (const c of [e?.code, e?.statusCode, e?.response?.statusCode]) if (typeof c === "number") return c;
+  return undefined;
+}
+
+/** The apiserver's message for a failed call (the Status body), or the error text. */
+export function errorMessage(err: unknown): string {
+  const body = (err as { body?: unknown })?.body;
+  if (typeof body === "string") {
+    try {
+      const status = JSON.parse(body) as { message?: string };
+      if (status.message) return status.message;
+    } catch {
+      return body;
+    }
+  } else if (body && typeof body === "object" && "message" in body) {
+    return String((body as { message: unknown }).message);
+  }
+  return err instanceof Error ? err.message : String(err);
+}
