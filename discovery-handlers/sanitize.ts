@@ -5,8 +5,8 @@ import { MAX_PROPERTY_VALUE, PROPERTY_NAME } from "../src/api/device.js";
  * to publish: bounded, printable, valid where they become names.
  */
 
-// C0/C1 control characters, DEL, and the Unicode line/paragraph separators.
-const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
+// C0/C1 control characters, DEL, Unicode line/paragraph separators and bidi overrides.
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
 
 /** A property value: control characters removed, cut to the published bound. */
 export function propertyValue(raw: unknown, max = MAX_PROPERTY_VALUE): string {

@@ -1,0 +1,488 @@
+import { randomBytes } from "node:crypto";
+import { createServer, type Server, Socket } from "node:net";
+import { Aedes } from "aedes";
+import { connectAsync } from "mqtt";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { mqttHandler } from "./handler.js";
+import { MqttDeviceSimulator } from "./mock.js";
+import { type MosquittoBroker, startMosquitto } from "./mosquitto.js";
+import { encodeSparkplugPayload, SparkplugDataType } from "./sparkplug-payload.js";
+import { DiscoveryRun, sleep } from "./testing.js";
+
+/**
+ * The handler against a real Mosquitto (Debian package `mosquitto`), with simulated devices.
+ * Each test uses its own topic prefixes, so retained messages from one do not leak into another.
+ */
+
+let broker: MosquittoBroker;
+const runs: DiscoveryRun[] = [];
+const simulators: MqttDeviceSimulator[] = [];
+
+beforeAll(async () => {
+  broker = await startMosquitto();
+});
+
+afterEach(async () => {
+  await Promise.all(runs.splice(0).map((run) => run.stop()));
+  await Promise.all(simulators.splice(0).map((simulator) => simulator.close()));
+});
+
+afterAll(async () => {
+  await broker?.stop();
+});
+
+/** Unique prefixes per test; only the conventions asked for are on. */
+function namespace() {
+  const ns = `t${randomBytes(4).toString("hex")}`;
+  return {
+    ns,
+    details(extra: Record<string, unknown> = {}, conventions: Record<string, unknown> = {}) {
+      return {
+        brokerUri: broker.url,
+        homeAssistantPrefix: `${ns}-ha`,
+        homiePrefix: `${ns}-homie`,
+        sparkplugGroups: { action: "Include", items: [ns] },
+        conventions: { homeAssistant: false, homie: false, sparkplug: false, ...conventions },
+        ...extra,
+      };
+    },
+  };
+}
+
+function run(details: unknown, properties: Record<string, string> = {}): DiscoveryRun {
+  const discovery = new DiscoveryRun(details, properties);
+  runs.push(discovery);
+  return discovery;
+}
+
+function simulator(options: { url?: string; username?: string; password?: string } = {}): MqttDeviceSimulator {
+  const sim = new MqttDeviceSimulator({ url: broker.url, ...options });
+  simulators.push(sim);
+  return sim;
+}
+
+describe("mqtt handler", () => {
+  it("is the shared `mqtt` handler", () => {
+    expect(mqttHandler.name).toBe("mqtt");
+    expect(mqttHandler.shared).toBe(true);
+  });
+
+  describe("Home Assistant", () => {
+    it("publishes a device per config, with its properties, in one set for the retained flood", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const prefix = `${ns}-ha`;
+      await sim.homeAssistant({ id: "plug1", component: "switch", manufacturer: "Acme", model: "P1", prefix });
+      await sim.homeAssistant({ id: "temp1", component: "sensor", abbreviate: true, availability: true, prefix });
+      for (let i = 0; i < 50; i++) {
+        await sim.homeAssistant({ id: `bulk${i}`, component: "light", availability: true, prefix, nodeId: "hub" });
+      }
+      const discovery = run(details({}, { homeAssistant: true }));
+      await discovery.until("52 devices", (set) => set.length === 52);
+      await sleep(300);
+      expect(discovery.sets).toHaveLength(1);
+      expect(discovery.device("mqtt:homeassistant:plug1")?.properties).toEqual({
+        MQTT_BROKER_URI: broker.url,
+        MQTT_DEVICE_ID: "plug1",
+        MQTT_COMPONENT: "switch",
+        MQTT_TOPIC: "sim/plug1/state",
+        MQTT_COMMAND_TOPIC: "sim/plug1/set",
+        MQTT_CONFIG_TOPIC: `${prefix}/switch/plug1/config`,
+        MQTT_MANUFACTURER: "Acme",
+        MQTT_MODEL: "P1",
+        MQTT_DEVICE_NAME: "plug1",
+      });
+      expect(discovery.device("mqtt:homeassistant:temp1")?.properties).toMatchObject({
+        MQTT_TOPIC: "sim/temp1/state",
+        MQTT_AVAILABILITY_TOPIC: "sim/temp1/availability",
+      });
+    });
+
+    it("removes a device on an empty config, and follows availability", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const discovery = run(details({}, { homeAssistant: true }));
+      await discovery.until("the first set", () => true);
+      const prefix = `${ns}-ha`;
+      const a = await sim.homeAssistant({ id: `${ns}a`, component: "switch", availability: true, prefix });
+      const b = await sim.homeAssistant({ id: `${ns}b`, component: "switch", prefix });
+      const [idA, idB] = [`mqtt:homeassistant:${ns}a`, `mqtt:homeassistant:${ns}b`];
+      await discovery.untilHas([idA, idB]);
+      await a.setAvailable(false);
+      await discovery.untilGone([idA]);
+      expect(discovery.ids()).toEqual([idB]);
+      await a.setAvailable(true);
+      await discovery.untilHas([idA]);
+      await b.remove();
+      await discovery.untilGone([idB]);
+      expect(discovery.ids()).toEqual([idA]);
+    });
+  });
+
+  describe("Homie", () => {
+    it("publishes a device while ready; gone via its last will when its socket dies", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const discovery = run(details({}, { homie: true }));
+      await discovery.until("the first set", () => true);
+      const device = await sim.homie({ id: `${ns}-thermo`, name: "Thermostat", prefix: `${ns}-homie` });
+      const id = `mqtt:homie:${ns}-thermo`;
+      await discovery.untilHas([id]);
+      expect(discovery.device(id)?.properties).toEqual({
+        MQTT_BROKER_URI: broker.url,
+        MQTT_DEVICE_ID: `${ns}-thermo`,
+        MQTT_TOPIC: `${ns}-homie/5/${ns}-thermo`,
+        MQTT_DEVICE_NAME: "Thermostat",
+        MQTT_HOMIE_VERSION: "5",
+      });
+      await device.disconnect({ graceful: false });
+      await discovery.untilGone([id]);
+    });
+
+    it("gone on a graceful disconnect and on removal; v4 devices too", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const discovery = run(details({}, { homie: true }));
+      const prefix = `${ns}-homie`;
+      const graceful = await sim.homie({ id: "g", prefix });
+      const removed = await sim.homie({ id: "r", prefix, version: 4, name: "Old" });
+      await discovery.untilHas(["mqtt:homie:g", "mqtt:homie:r"]);
+      expect(discovery.device("mqtt:homie:r")?.properties).toMatchObject({
+        MQTT_TOPIC: `${prefix}/r`,
+        MQTT_DEVICE_NAME: "Old",
+        MQTT_HOMIE_VERSION: "4",
+      });
+      await graceful.disconnect({ graceful: true });
+      await discovery.untilGone(["mqtt:homie:g"]);
+      await removed.remove();
+      await discovery.untilGone(["mqtt:homie:r"]);
+    });
+  });
+
+  describe("Sparkplug B", () => {
+    it("follows NBIRTH/DBIRTH, DDEATH and the NDEATH will", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const discovery = run(details({}, { sparkplug: true }));
+      await discovery.until("the first set", () => true);
+      const node = await sim.sparkplug({ group: ns, edgeNode: "edge1", devices: ["pump", "valve"] });
+      const ids = [`mqtt:sparkplug:${ns}/edge1`, `mqtt:sparkplug:${ns}/edge1/pump`, `mqtt:sparkplug:${ns}/edge1/valve`];
+      await discovery.untilHas(ids);
+      expect(discovery.device(ids[1]!)?.properties).toEqual({
+        MQTT_BROKER_URI: broker.url,
+        MQTT_DEVICE_ID: `${ns}/edge1/pump`,
+        MQTT_TOPIC: `spBv1.0/${ns}/DDATA/edge1/pump`,
+        MQTT_COMMAND_TOPIC: `spBv1.0/${ns}/DCMD/edge1/pump`,
+        MQTT_SPARKPLUG_GROUP: ns,
+        MQTT_SPARKPLUG_EDGE_NODE: "edge1",
+        MQTT_SPARKPLUG_DEVICE: "pump",
+      });
+      await node.removeDevice("valve");
+      await discovery.untilGone([ids[2]!]);
+      expect(discovery.ids()).toEqual(ids.slice(0, 2));
+      await node.disconnect({ graceful: false });
+      await discovery.untilGone(ids.slice(0, 2));
+    });
+
+    it("asks a node it joined late for a rebirth, and its devices appear", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      // The node was born before the handler started: births are not retained, so it only hears data.
+      const node = await sim.sparkplug({ group: ns, edgeNode: "late", devices: ["d1"], dataIntervalMs: 100 });
+      const discovery = run(details({}, { sparkplug: true }));
+      await discovery.untilHas([`mqtt:sparkplug:${ns}/late`, `mqtt:sparkplug:${ns}/late/d1`]);
+      expect(node.rebirths).toBeGreaterThanOrEqual(1);
+    });
+
+    it("ignores groups outside sparkplugGroups", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const discovery = run(details({}, { sparkplug: true }));
+      await discovery.until("the first set", () => true);
+      await sim.sparkplug({ group: `${ns}-other`, edgeNode: "e", dataIntervalMs: 100 });
+      await sim.sparkplug({ group: ns, edgeNode: "e" });
+      await discovery.untilHas([`mqtt:sparkplug:${ns}/e`]);
+      await sleep(300);
+      expect(discovery.ids()).toEqual([`mqtt:sparkplug:${ns}/e`]);
+    });
+  });
+
+  describe("plain topics", () => {
+    it("a device per wildcard value, gone after silenceSeconds", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const discovery = run(details({}, { topics: [{ pattern: `${ns}/sensors/+/telemetry`, silenceSeconds: 1 }] }));
+      const publisher = await sim.plainTopic({ topic: `${ns}/sensors/s1/telemetry`, intervalMs: 200 });
+      await discovery.untilHas(["mqtt:topic:s1"]);
+      expect(discovery.device("mqtt:topic:s1")?.properties).toEqual({
+        MQTT_BROKER_URI: broker.url,
+        MQTT_DEVICE_ID: "s1",
+        MQTT_TOPIC: `${ns}/sensors/s1/telemetry`,
+        MQTT_TOPIC_PATTERN: `${ns}/sensors/+/telemetry`,
+      });
+      // Still there after more than one silence period while it keeps publishing.
+      await sleep(1500);
+      expect(discovery.ids()).toEqual(["mqtt:topic:s1"]);
+      const stoppedAt = Date.now();
+      publisher.stop();
+      await discovery.untilGone(["mqtt:topic:s1"]);
+      expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(700);
+    });
+  });
+
+  describe("filters", () => {
+    it("deviceIds excludes by full or bare id", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const prefix = `${ns}-ha`;
+      for (const id of ["keep", "drop1", "drop2"]) await sim.homeAssistant({ id, component: "switch", prefix });
+      const discovery = run(
+        details(
+          { deviceIds: { action: "Exclude", items: ["drop1", "mqtt:homeassistant:drop2"] } },
+          { homeAssistant: true },
+        ),
+      );
+      await discovery.untilHas(["mqtt:homeassistant:keep"]);
+      expect(discovery.ids()).toEqual(["mqtt:homeassistant:keep"]);
+    });
+  });
+
+  describe("credentials", () => {
+    it("logs in with username and password from discoveryProperties and never publishes or logs them", async () => {
+      const secure = await startMosquitto({ users: { spindle: "s3cr3t-pass", device: "dev-pass" } });
+      try {
+        const { ns, details } = namespace();
+        const sim = simulator({ url: secure.url, username: "device", password: "dev-pass" });
+        await sim.homeAssistant({ id: "secured", component: "switch", prefix: `${ns}-ha` });
+        const discovery = run(details({ brokerUri: secure.url }, { homeAssistant: true }), {
+          username: "spindle",
+          password: "s3cr3t-pass",
+        });
+        await discovery.untilHas(["mqtt:homeassistant:secured"]);
+        const rejected = run(details({ brokerUri: secure.url }, { homeAssistant: true }), {
+          username: "spindle",
+          password: "wrong-pass",
+        });
+        await sleep(1000);
+        expect(rejected.sets).toEqual([]);
+        for (const r of [discovery, rejected]) {
+          const everything = JSON.stringify(r.sets) + r.logs.join("");
+          expect(everything).not.toContain("s3cr3t-pass");
+          expect(everything).not.toContain("wrong-pass");
+        }
+        expect(discovery.device("mqtt:homeassistant:secured")?.properties.MQTT_BROKER_URI).toBe(secure.url);
+        await Promise.all(runs.splice(0).map((r) => r.stop()));
+        await Promise.all(simulators.splice(0).map((s) => s.close()));
+      } finally {
+        await secure.stop();
+      }
+    });
+  });
+
+  describe("broker restart", () => {
+    it("keeps the last set while the broker is down, reconnects and stays in sync", async () => {
+      const restarting = await startMosquitto();
+      try {
+        const { ns, details } = namespace();
+        const sim = simulator({ url: restarting.url });
+        const prefix = `${ns}-ha`;
+        await sim.homeAssistant({ id: "r-ha", component: "switch", prefix, availability: true });
+        const leaving = await sim.homeAssistant({ id: "r-leaving", component: "switch", prefix });
+        await sim.homie({ id: "r-homie", prefix: `${ns}-homie` });
+        await sim.sparkplug({ group: ns, edgeNode: "r-edge", devices: ["r-dev"], dataIntervalMs: 200 });
+        await sim.plainTopic({ topic: `${ns}/t/r-topic`, intervalMs: 200 });
+        const discovery = run(
+          details(
+            { brokerUri: restarting.url },
+            {
+              homeAssistant: true,
+              homie: true,
+              sparkplug: true,
+              topics: [{ pattern: `${ns}/t/+`, silenceSeconds: 2 }],
+            },
+          ),
+        );
+        const all = [
+          "mqtt:homeassistant:r-ha",
+          "mqtt:homeassistant:r-leaving",
+          "mqtt:homie:r-homie",
+          `mqtt:sparkplug:${ns}/r-edge`,
+          `mqtt:sparkplug:${ns}/r-edge/r-dev`,
+          "mqtt:topic:r-topic",
+        ].sort();
+        await discovery.until("all devices", (set) => set.length === all.length);
+        expect(discovery.ids()).toEqual(all);
+        const reconnects = () =>
+          discovery.logs.filter((line) => line.includes("reconnected to the MQTT broker")).length;
+
+        // 1. The broker dies (no wills): the set stands while it is away, longer than any silence period.
+        await restarting.stopProcess({ crash: true });
+        const setsBeforeCrash = discovery.sets.length;
+        await sleep(3000);
+        expect(discovery.sets.length).toBe(setsBeforeCrash);
+        expect(discovery.ids()).toEqual(all);
+        expect(discovery.logs.join("")).toContain("lost the MQTT broker");
+        // Reconnect attempts back off: the delay grows and is capped (100 ms doubling up to 1 s here).
+        const delays = discovery.logs
+          .filter((line) => line.includes("reconnecting to the MQTT broker"))
+          .map((line) => JSON.parse(line).nextDelayMs as number);
+        expect(delays.slice(0, 4)).toEqual([200, 400, 800, 1000]);
+        expect(Math.max(...delays)).toBe(1000);
+        await restarting.startProcess();
+        await discovery.until("the reconnect", () => reconnects() === 1);
+        await sleep(1500);
+        // Every set since the crash still held every device: retained state re-synced, Sparkplug reborn.
+        for (const set of discovery.sets.slice(setsBeforeCrash)) expect(set.map((d) => d.id)).toEqual(all);
+        expect(discovery.ids()).toEqual(all);
+
+        // 2. The broker is stopped cleanly: it sends the wills (Homie lost, Sparkplug NDEATH), so those
+        // devices are really gone until they reconnect. Nothing is yielded while the broker is away.
+        await restarting.stopProcess();
+        await sleep(200);
+        const setsWhileDown = discovery.sets.length;
+        await sleep(1500);
+        expect(discovery.sets.length).toBe(setsWhileDown);
+        await restarting.startProcess();
+        await discovery.until("the second reconnect", () => reconnects() === 2);
+        await discovery.until("all devices back", (set) => set.length === all.length);
+
+        // 3. And it stays in sync with changes.
+        await leaving.remove();
+        await sim.homeAssistant({ id: "r-new", component: "switch", prefix });
+        await discovery.untilHas(["mqtt:homeassistant:r-new"]);
+        await discovery.untilGone(["mqtt:homeassistant:r-leaving"]);
+        await Promise.all(runs.splice(0).map((r) => r.stop()));
+        await Promise.all(simulators.splice(0).map((s) => s.close()));
+      } finally {
+        await restarting.stop();
+      }
+    });
+  });
+
+  describe("bad input", () => {
+    it("drops oversized messages, truncated protobuf and invalid JSON without harm", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const discovery = run(
+        details({}, { homeAssistant: true, sparkplug: true, topics: [{ pattern: `${ns}/t/+`, silenceSeconds: 30 }] }),
+      );
+      await discovery.until("the first set", () => true);
+      const big = Buffer.alloc(10 * 1024 * 1024, 0x7b);
+      await sim.publish(`${ns}-ha/switch/huge/config`, big);
+      await sim.publish(`${ns}/t/huge`, big);
+      const birth = encodeSparkplugPayload({
+        seq: 0,
+        metrics: [{ name: "bdSeq", datatype: SparkplugDataType.Int64, value: 0 }],
+      });
+      await sim.publish(`spBv1.0/${ns}/NBIRTH/truncated`, birth.subarray(0, 12));
+      await sim.publish(`${ns}-ha/switch/broken/config`, "{not json", { retain: true });
+      await sim.publish(`${ns}-ha/switch/binary/config`, Buffer.from([0xff, 0xfe, 0x00]), { retain: true });
+      // A valid device after all that shows the handler is still working.
+      await sim.homeAssistant({ id: `${ns}-ok`, component: "switch", prefix: `${ns}-ha` });
+      await discovery.untilHas([`mqtt:homeassistant:${ns}-ok`]);
+      expect(discovery.ids()).toEqual([`mqtt:homeassistant:${ns}-ok`]);
+      const logs = discovery.logs.join("");
+      expect(logs).toContain("larger than maxPayloadBytes");
+      expect(logs).toContain("not valid protobuf");
+      expect(logs).toContain("not valid JSON");
+      expect(logs).toContain("not UTF-8");
+    });
+
+    it("survives a client sending a non-UTF-8 topic to Mosquitto (which drops that client)", async () => {
+      const { ns, details } = namespace();
+      const discovery = run(details({}, { topics: [{ pattern: `${ns}/+`, silenceSeconds: 30 }] }));
+      await discovery.until("the first set", () => true);
+      await rawPublish(broker.port, Buffer.concat([Buffer.from(`${ns}/`), Buffer.from([0xff, 0xfe])]));
+      const sim = simulator();
+      await sim.plainTopic({ topic: `${ns}/fine`, intervalMs: 200 });
+      await discovery.untilHas(["mqtt:topic:fine"]);
+      expect(discovery.ids()).toEqual(["mqtt:topic:fine"]);
+    });
+  });
+
+  describe("lifecycle", () => {
+    it("ends the iterator and disconnects when the signal aborts", async () => {
+      const { details } = namespace();
+      const discovery = run(details({}, { homeAssistant: true }));
+      await discovery.until("the first set", () => true);
+      const started = Date.now();
+      await discovery.stop();
+      expect(Date.now() - started).toBeLessThan(2000);
+    });
+
+    it("ends at once when the signal is already aborted, and keeps retrying an absent broker", async () => {
+      const controller = new AbortController();
+      controller.abort();
+      const details = mqttHandler.detailsSchema.parse({ brokerUri: "mqtt://127.0.0.1:1" });
+      const { pino } = await import("pino");
+      const iterator = mqttHandler.discover({
+        details,
+        properties: {},
+        signal: controller.signal,
+        log: pino({ level: "silent" }),
+      });
+      for await (const _ of iterator) throw new Error("no set expected");
+      const absent = run({ brokerUri: "mqtt://127.0.0.1:1" });
+      await sleep(500);
+      expect(absent.sets).toEqual([]);
+    });
+  });
+});
+
+describe("with aedes (MQTT 3.1.1, forwards non-UTF-8 topics)", () => {
+  let server: Server;
+  let aedes: Aedes;
+  let url: string;
+
+  beforeAll(async () => {
+    aedes = await Aedes.createBroker();
+    server = createServer(aedes.handle);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+    const address = server.address();
+    url = `mqtt://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
+  });
+
+  afterAll(async () => {
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  it("ignores a message whose topic bytes are not UTF-8", async () => {
+    const discovery = run({
+      brokerUri: url,
+      conventions: { homeAssistant: false, homie: false, sparkplug: false, topics: ["bad/+"] },
+    });
+    await discovery.until("the first set", () => true);
+    const port = Number(new URL(url).port);
+    await rawPublish(port, Buffer.concat([Buffer.from("bad/"), Buffer.from([0xff, 0xfe])]));
+    const publisher = await connectAsync(url, { protocolVersion: 4 });
+    try {
+      await publisher.publishAsync("bad/good", "x");
+      await discovery.untilHas(["mqtt:topic:good"]);
+      expect(discovery.ids()).toEqual(["mqtt:topic:good"]);
+      expect(discovery.logs.join("")).toContain("topic is not UTF-8");
+    } finally {
+      await publisher.endAsync();
+    }
+  });
+});
+
+/** CONNECT + PUBLISH (QoS 0) written by hand, so the topic can hold any bytes. */
+async function rawPublish(port: number, topic: Buffer, payload = Buffer.from("x")): Promise<void> {
+  const socket = new Socket();
+  await new Promise<void>((resolve, reject) => {
+    socket.once("error", reject);
+    socket.connect(port, "127.0.0.1", () => resolve());
+  });
+  const clientId = Buffer.from(`raw-${randomBytes(4).toString("hex")}`);
+  const connectBody = Buffer.concat([
+    Buffer.from([0, 4, 0x4d, 0x51, 0x54, 0x54, 4, 2, 0, 60, 0, clientId.length]),
+    clientId,
+  ]);
+  const publishBody = Buffer.concat([Buffer.from([topic.length >> 8, topic.length & 255]), topic, payload]);
+  socket.write(Buffer.concat([Buffer.from([0x10, connectBody.length]), connectBody]));
+  await sleep(100);
+  socket.write(Buffer.concat([Buffer.from([0x30, publishBody.length]), publishBody]));
+  await sleep(100);
+  socket.destroy();
+}

@@ -1,0 +1,205 @@
+import type * as k8s from "@kubernetes/client-node";
+import type { z } from "zod";
+import type { DiscoveryHandler } from "../../discovery-handlers/handler.js";
+import { type DeviceConfiguration, deviceConfiguration } from "../api/device-configuration.js";
+import { EventRecorder } from "../k8s/events.js";
+import { Cache } from "../k8s/informer.js";
+import { apiVersionOf, DEVICE_CONFIGURATIONS, ResourceClient } from "../k8s/resources.js";
+import type { Logger } from "../log/logger.js";
+import { DevicePublisher } from "./device-publisher.js";
+import { resolveDiscoveryProperties } from "./discovery-properties.js";
+
+interface DiscoveryRun {
+  /** The discoveryHandler part of the spec it was started with: a change restarts it. */
+  key: string;
+  abort: AbortController;
+  done: Promise<void>;
+}
+
+export interface AgentOptions {
+  kc: k8s.KubeConfig;
+  nodeName: string;
+  handlers: ReadonlyMap<string, DiscoveryHandler<unknown>>;
+  log: Logger;
+}
+
+/**
+ * The per-node agent: one discovery per DeviceConfiguration (started, restarted on a change of
+ * its discoveryHandler, stopped on delete), its device sets handed to the DevicePublisher.
+ */
+export class Agent {
+  readonly publisher: DevicePublisher;
+  private configurations: Cache<DeviceConfiguration & k8s.KubernetesObject>;
+  private runs = new Map<string, DiscoveryRun>();
+  private events: EventRecorder;
+  private log: Logger;
+  private stopped = false;
+
+  constructor(private options: AgentOptions) {
+    this.log = options.log.child({ node: options.nodeName });
+    this.events = new EventRecorder(options.kc, "spindle-agent", this.log, options.nodeName);
+    this.publisher = new DevicePublisher(options.kc, options.nodeName, this.log, this.events);
+    const client = new ResourceClient<DeviceConfiguration & k8s.KubernetesObject & Record<string, unknown>>(
+      options.kc,
+      DEVICE_CONFIGURATIONS,
+      "spindle-agent",
+    );
+    this.configurations = new Cache(options.kc, client, this.log, (obj, verb) => this.onConfiguration(obj, verb));
+  }
+
+  async start(): Promise<void> {
+    await this.publisher.start();
+    await this.configurations.start();
+    this.publisher.adopt((name) => this.configurations.get(name));
+    for (const c of this.configurations.list()) this.sync(c);
+    this.log.info({ configurations: this.runs.size }, "agent started");
+  }
+
+  private onConfiguration(obj: DeviceConfiguration & k8s.KubernetesObject, verb: string): void {
+    if (this.stopped) return;
+    if (verb === "delete") {
+      const name = obj.metadata.name!;
+      this.stopRun(name);
+      this.publisher.dropConfiguration(name);
+      this.log.info({ configuration: name }, "configuration deleted; leaving its devices");
+      return;
+    }
+    this.sync(obj);
+  }
+
+  /** Brings the discovery for one configuration in line with its spec. */
+  private sync(raw: DeviceConfiguration & k8s.KubernetesObject): void {
+    const name = raw.metadata.name!;
+    const parsed = deviceConfiguration.safeParse(raw);
+    if (!parsed.success) {
+      this.stopRun(name);
+      this.reportInvalid(raw, "InvalidConfiguration", formatIssues(parsed.error));
+      return;
+    }
+    const configuration = parsed.data;
+    const key = JSON.stringify(configuration.spec.discoveryHandler);
+    const run = this.runs.get(name);
+    if (run?.key === key) {
+      this.publisher.updateConfiguration(configuration);
+      return;
+    }
+    this.stopRun(name);
+    const handler = this.options.handlers.get(configuration.spec.discoveryHandler.name);
+    if (!handler) {
+      this.reportInvalid(
+        raw,
+        "UnknownHandler",
+        `discoveryHandler.name: no discovery handler "${configuration.spec.discoveryHandler.name}" on this agent (known: ${[...this.options.handlers.keys()].join(", ")})`,
+      );
+      return;
+    }
+    const details = handler.detailsSchema.safeParse(configuration.spec.discoveryHandler.discoveryDetails);
+    if (!details.success) {
+      this.reportInvalid(
+        raw,
+        "InvalidDiscoveryDetails",
+        formatIssues(details.error, "discoveryHandler.discoveryDetails"),
+      );
+      return;
+    }
+    const abort = new AbortController();
+    const done = this.runDiscovery(configuration, handler, details.data, abort.signal);
+    this.runs.set(name, { key, abort, done });
+  }
+
+  private reportInvalid(raw: DeviceConfiguration & k8s.KubernetesObject, reason: string, message: string): void {
+    const name = raw.metadata.name!;
+    this.log.error({ configuration: name, reason }, message);
+    void this.events.record(
+      { apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS), kind: "DeviceConfiguration", name, uid: raw.metadata.uid },
+      "Warning",
+      reason,
+      message,
+    );
+  }
+
+  /** Runs one discovery until aborted; a handler that fails is restarted with backoff. */
+  private async runDiscovery(
+    configuration: DeviceConfiguration,
+    handler: DiscoveryHandler<unknown>,
+    details: unknown,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const name = configuration.metadata.name!;
+    const log = this.log.child({ configuration: name, handler: handler.name });
+    let failures = 0;
+    while (!signal.aborted) {
+      try {
+        const properties = await resolveDiscoveryProperties(
+          this.options.kc,
+          configuration.spec.discoveryHandler.discoveryProperties,
+        );
+        log.info("discovery started");
+        for await (const set of handler.discover({ details, properties, signal, log })) {
+          if (signal.aborted) break;
+          failures = 0;
+          log.debug({ devices: set.length }, "device set");
+          this.publisher.report(configuration, handler.name, handler.shared, set);
+        }
+        if (signal.aborted) return;
+        throw new Error("discovery ended without being stopped");
+      } catch (err) {
+        if (signal.aborted) return;
+        failures++;
+        const message = err instanceof Error ? err.message : String(err);
+        log.error({ err: message }, "discovery failed; restarting");
+        void this.events.record(
+          {
+            apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS),
+            kind: "DeviceConfiguration",
+            name,
+            uid: configuration.metadata.uid,
+          },
+          "Warning",
+          "DiscoveryFailed",
+          message,
+        );
+        await sleep(Math.min(500 * 2 ** (failures - 1), 30_000), signal);
+      }
+    }
+  }
+
+  private stopRun(name: string): void {
+    const run = this.runs.get(name);
+    if (!run) return;
+    run.abort.abort();
+    this.runs.delete(name);
+  }
+
+  /** Stops discoveries and watches. Devices are left as they are: a restart adopts them. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const runs = [...this.runs.values()];
+    for (const r of runs) r.abort.abort();
+    await Promise.race([Promise.allSettled(runs.map((r) => r.done)), sleep(3000)]);
+    this.runs.clear();
+    await this.configurations.stop();
+    await this.publisher.stop();
+  }
+}
+
+function formatIssues(error: z.ZodError, prefix = ""): string {
+  return error.issues
+    .slice(0, 5)
+    .map((i) => `${[prefix, ...i.path.map(String)].filter(Boolean).join(".") || "(root)"}: ${i.message}`)
+    .join("; ");
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}

@@ -1,0 +1,403 @@
+import * as k8s from "@kubernetes/client-node";
+import type { DiscoveredDevice } from "../../discovery-handlers/handler.js";
+import { boundProperties } from "../../discovery-handlers/sanitize.js";
+import type { Device } from "../api/device.js";
+import type { DeviceConfiguration } from "../api/device-configuration.js";
+import { applyOptions, statusCode } from "../k8s/client.js";
+import type { EventRecorder } from "../k8s/events.js";
+import { Cache } from "../k8s/informer.js";
+import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, ResourceClient } from "../k8s/resources.js";
+import type { Logger } from "../log/logger.js";
+import { deviceIdentity, deviceName, extendedResourceName } from "./device-name.js";
+import { WorkQueue } from "./work-queue.js";
+
+export const CONFIGURATION_LABEL = "spindle.dev/configuration";
+
+/** What this node last heard of one device. */
+interface Observed {
+  configuration: DeviceConfiguration;
+  handler: string;
+  shared: boolean;
+  identity: string;
+  properties: Record<string, string>;
+  problem?: string;
+  /** undefined while the handler reports it; else when it stopped (ms since epoch). */
+  missingSince?: number;
+}
+
+/**
+ * Publishes what this node's discoveries see as Device objects, level-triggered: `report` and
+ * timers only queue device names; `reconcile(name)` compares this node's view with the cached
+ * Device and writes only the difference, with server-side apply under the node's own field manager.
+ */
+export class DevicePublisher {
+  readonly fieldManager: string;
+  private devices: ResourceClient<Device & k8s.KubernetesObject & Record<string, unknown>>;
+  private cache: Cache<Device & k8s.KubernetesObject>;
+  private observed = new Map<string, Observed>();
+  private byConfiguration = new Map<string, Set<string>>();
+  private graceTimers = new Map<string, NodeJS.Timeout>();
+  /** Our own writes, newer than the cache until the watch catches up. */
+  private written = new Map<string, Device & k8s.KubernetesObject>();
+  private queue: WorkQueue;
+  private core: k8s.CoreV1Api;
+  private advertised: Map<string, number> | undefined;
+  private nodeTimer: NodeJS.Timeout | undefined;
+  writes = 0;
+
+  constructor(
+    private kc: k8s.KubeConfig,
+    readonly nodeName: string,
+    private log: Logger,
+    private events: EventRecorder,
+  ) {
+    this.fieldManager = `spindle-agent-${nodeName}`.slice(0, 128);
+    this.devices = new ResourceClient(kc, DEVICES, this.fieldManager);
+    this.core = kc.makeApiClient(k8s.CoreV1Api);
+    this.cache = new Cache(kc, this.devices, log, (obj, verb) => this.onDeviceEvent(obj, verb));
+    this.queue = new WorkQueue(
+      (name) => this.reconcile(name),
+      16,
+      (name, err) => this.log.warn({ device: name, err: String(err) }, "publishing device failed; retrying"),
+    );
+  }
+
+  async start(): Promise<void> {
+    await this.cache.start();
+  }
+
+  /**
+   * Adopts what this node published before a restart: every Device listing this node is kept
+   * (not deleted, not rewritten) for its grace period, unless discovery reports it again.
+   */
+  adopt(configurationOf: (name: string) => DeviceConfiguration | undefined): void {
+    const now = Date.now();
+    for (const d of this.cache.list()) {
+      if (!d.spec.nodes.includes(this.nodeName)) continue;
+      const name = d.metadata.name!;
+      if (this.observed.has(name)) continue;
+      const configuration = configurationOf(d.spec.configurationName);
+      if (!configuration) {
+        this.queue.add(name); // its configuration is gone: leave it
+        continue;
+      }
+      this.track(name, {
+        configuration,
+        handler: d.spec.handler,
+        shared: d.spec.shared,
+        identity: d.spec.id,
+        properties: this.ownProperties(d, configuration),
+        missingSince: now,
+      });
+      this.scheduleGrace(name, configuration.spec.offlineGraceSeconds * 1000);
+    }
+  }
+
+  private ownProperties(d: Device, configuration: DeviceConfiguration): Record<string, string> {
+    const own = { ...d.spec.properties };
+    for (const k of Object.keys(configuration.spec.properties))
+      if (own[k] === configuration.spec.properties[k]) delete own[k];
+    return own;
+  }
+
+  /** A complete device set from one configuration's discovery; replaces the last one. */
+  report(configuration: DeviceConfiguration, handler: string, shared: boolean, set: DiscoveredDevice[]): void {
+    const configName = configuration.metadata.name!;
+    const now = Date.now();
+    const seen = new Set<string>();
+    for (const device of set) {
+      const identity = deviceIdentity(device.id, shared, this.nodeName);
+      const name = deviceName(configName, identity);
+      if (seen.has(name)) continue;
+      seen.add(name);
+      const properties = boundProperties(device.properties);
+      const before = this.observed.get(name);
+      const next: Observed = { configuration, handler, shared, identity, properties, problem: device.problem };
+      this.track(name, next);
+      this.clearGrace(name);
+      if (!before || before.missingSince !== undefined || !sameRecord(before.properties, properties))
+        this.queue.add(name);
+      if (device.problem && before?.problem !== device.problem) {
+        this.log.warn(
+          { device: name, configuration: configName, problem: device.problem },
+          "device found but not fully read",
+        );
+        void this.events.record(
+          {
+            apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS),
+            kind: "DeviceConfiguration",
+            name: configName,
+            uid: configuration.metadata.uid,
+          },
+          "Warning",
+          "DeviceIncomplete",
+          `${name}: ${device.problem}`,
+        );
+      }
+    }
+    for (const name of this.byConfiguration.get(configName) ?? []) {
+      const o = this.observed.get(name);
+      if (!o || seen.has(name) || o.missingSince !== undefined) continue;
+      o.missingSince = now;
+      this.scheduleGrace(name, configuration.spec.offlineGraceSeconds * 1000);
+      this.log.info(
+        { device: name, graceSeconds: configuration.spec.offlineGraceSeconds },
+        "device no longer reported; keeping it for its grace period",
+      );
+    }
+  }
+
+  /** The configuration changed (capacity, properties, grace): rewrite its devices if needed. */
+  updateConfiguration(configuration: DeviceConfiguration): void {
+    for (const name of this.byConfiguration.get(configuration.metadata.name!) ?? []) {
+      const o = this.observed.get(name);
+      if (!o) continue;
+      o.configuration = configuration;
+      this.queue.add(name);
+    }
+  }
+
+  /** The configuration is gone: this node leaves all of its devices now. */
+  dropConfiguration(configName: string): void {
+    for (const name of this.byConfiguration.get(configName) ?? []) {
+      const o = this.observed.get(name);
+      if (o) o.missingSince = Number.NEGATIVE_INFINITY;
+      this.clearGrace(name);
+      this.queue.add(name);
+    }
+  }
+
+  private track(name: string, o: Observed): void {
+    this.observed.set(name, o);
+    const configName = o.configuration.metadata.name!;
+    let names = this.byConfiguration.get(configName);
+    if (!names) this.byConfiguration.set(configName, (names = new Set()));
+    names.add(name);
+  }
+
+  private forget(name: string): void {
+    const o = this.observed.get(name);
+    if (o) this.byConfiguration.get(o.configuration.metadata.name!)?.delete(name);
+    this.observed.delete(name);
+    this.clearGrace(name);
+  }
+
+  private scheduleGrace(name: string, ms: number): void {
+    this.clearGrace(name);
+    this.graceTimers.set(
+      name,
+      setTimeout(() => {
+        this.graceTimers.delete(name);
+        this.queue.add(name);
+      }, ms),
+    );
+  }
+
+  private clearGrace(name: string): void {
+    clearTimeout(this.graceTimers.get(name));
+    this.graceTimers.delete(name);
+  }
+
+  private onDeviceEvent(obj: Device & k8s.KubernetesObject, verb: string): void {
+    const name = obj.metadata?.name;
+    if (!name || !this.observed.has(name)) return;
+    // Only repair: someone deleted it, or our node is missing. Never fight over content.
+    if (verb === "delete" || !obj.spec.nodes.includes(this.nodeName)) {
+      this.written.delete(name);
+      this.queue.add(name);
+    }
+  }
+
+  private current(name: string): (Device & k8s.KubernetesObject) | undefined {
+    const cached = this.cache.get(name);
+    const mine = this.written.get(name);
+    if (!mine) return cached;
+    if (!cached || Number(cached.metadata.resourceVersion) < Number(mine.metadata.resourceVersion)) return mine;
+    this.written.delete(name);
+    return cached;
+  }
+
+  private wanted(o: Observed | undefined): boolean {
+    if (!o) return false;
+    if (o.missingSince === undefined) return true;
+    return Date.now() - o.missingSince < o.configuration.spec.offlineGraceSeconds * 1000;
+  }
+
+  desiredDevice(name: string, o: Observed): Device & k8s.KubernetesObject & Record<string, unknown> {
+    const c = o.configuration;
+    return {
+      apiVersion: "spindle.dev/v1alpha1",
+      kind: "Device",
+      metadata: {
+        name,
+        labels: { [CONFIGURATION_LABEL]: c.metadata.name!.slice(0, 63) },
+        // The garbage collector removes Devices of a deleted configuration even if no agent runs.
+        ...(c.metadata.uid
+          ? {
+              ownerReferences: [
+                {
+                  apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS),
+                  kind: "DeviceConfiguration",
+                  name: c.metadata.name!,
+                  uid: c.metadata.uid,
+                },
+              ],
+            }
+          : {}),
+      },
+      spec: {
+        configurationName: c.metadata.name!,
+        handler: o.handler,
+        shared: o.shared,
+        id: o.identity,
+        nodes: [this.nodeName],
+        properties: boundProperties({ ...c.spec.properties, ...o.properties }),
+        capacity: c.spec.capacity,
+      },
+    };
+  }
+
+  private async reconcile(name: string): Promise<void> {
+    const o = this.observed.get(name);
+    const current = this.current(name);
+    if (this.wanted(o)) {
+      const desired = this.desiredDevice(name, o!);
+      if (
+        current &&
+        (current.spec.id !== desired.spec.id || current.spec.configurationName !== desired.spec.configurationName)
+      ) {
+        const message = `device name ${name} is taken by identity ${current.spec.id} of ${current.spec.configurationName}; ${desired.spec.id} is not published`;
+        this.log.error({ device: name }, message);
+        await this.events.record(
+          {
+            apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS),
+            kind: "DeviceConfiguration",
+            name: desired.spec.configurationName,
+          },
+          "Warning",
+          "DeviceNameCollision",
+          message,
+        );
+        return;
+      }
+      if (!current || !publishedAsDesired(current, desired, this.nodeName)) {
+        const applied = await this.devices.apply(desired);
+        this.writes++;
+        this.written.set(name, applied);
+        this.log.info(
+          { device: name, configuration: desired.spec.configurationName, nodes: applied.spec.nodes },
+          current ? "device updated" : "device published",
+        );
+      }
+    } else {
+      if (current?.spec.nodes.includes(this.nodeName)) await this.leave(current);
+      this.forget(name);
+    }
+    this.scheduleNodeResources();
+  }
+
+  /** This node stops reporting the device; the last node to leave deletes it. */
+  private async leave(device: Device & k8s.KubernetesObject): Promise<void> {
+    const name = device.metadata.name!;
+    const others = device.spec.nodes.filter((n) => n !== this.nodeName);
+    this.writes++;
+    this.written.delete(name);
+    if (others.length === 0) {
+      try {
+        await this.devices.delete(name, undefined, {
+          uid: device.metadata.uid,
+          resourceVersion: device.metadata.resourceVersion,
+        });
+        this.log.info({ device: name }, "device deleted: no node sees it any more");
+      } catch (err) {
+        if (statusCode(err) === 404) return;
+        throw err; // 409: it changed under us (another node joined); retry reads the new state
+      }
+      return;
+    }
+    // Releasing every field this node owns removes its entry from `nodes`; the rest stays with the others.
+    const applied = await this.devices.apply({
+      apiVersion: apiVersionOf(DEVICES),
+      kind: "Device",
+      metadata: { name },
+    } as never);
+    this.written.set(name, applied);
+    this.log.info({ device: name, nodes: applied.spec.nodes }, "node left shared device");
+  }
+
+  private scheduleNodeResources(): void {
+    if (this.nodeTimer) return;
+    this.nodeTimer = setTimeout(() => {
+      this.nodeTimer = undefined;
+      this.advertise().catch((err) => {
+        this.log.warn({ err: String(err) }, "advertising extended resources failed; retrying");
+        setTimeout(() => this.scheduleNodeResources(), 1000);
+      });
+    }, 50);
+  }
+
+  /** The node extended resources `spindle.dev/<device>` = capacity, for every device this node publishes. */
+  private async advertise(): Promise<void> {
+    const want = new Map<string, number>();
+    for (const [name, o] of this.observed) {
+      if (this.wanted(o)) want.set(extendedResourceName(name), o.configuration.spec.capacity);
+    }
+    if (!this.advertised) {
+      const node = await this.core.readNodeStatus({ name: this.nodeName });
+      this.advertised = new Map(
+        Object.entries(node.status?.capacity ?? {})
+          .filter(([k]) => k.startsWith("spindle.dev/"))
+          .map(([k, v]) => [k, Number(v)]),
+      );
+    }
+    if (sameRecord(Object.fromEntries(want), Object.fromEntries(this.advertised))) return;
+    const resources = Object.fromEntries([...want].map(([k, v]) => [k, String(v)]));
+    await this.core.patchNodeStatus(
+      {
+        name: this.nodeName,
+        fieldManager: this.fieldManager,
+        force: true,
+        body: {
+          apiVersion: "v1",
+          kind: "Node",
+          metadata: { name: this.nodeName },
+          status: { capacity: resources, allocatable: resources },
+        },
+      },
+      applyOptions,
+    );
+    this.writes++;
+    this.advertised = want;
+    this.log.info({ node: this.nodeName, resources: want.size }, "extended resources advertised");
+  }
+
+  idle(): Promise<void> {
+    return this.queue.idle();
+  }
+
+  async stop(): Promise<void> {
+    this.queue.stop();
+    for (const t of this.graceTimers.values()) clearTimeout(t);
+    clearTimeout(this.nodeTimer);
+    await this.cache.stop();
+  }
+}
+
+function sameRecord(a: Record<string, unknown>, b: Record<string, unknown>): boolean {
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  return ka.every((k) => a[k] === b[k]);
+}
+
+function publishedAsDesired(current: Device, desired: Device, node: string): boolean {
+  const c = current.spec;
+  const d = desired.spec;
+  return (
+    c.nodes.includes(node) &&
+    c.handler === d.handler &&
+    c.shared === d.shared &&
+    c.capacity === d.capacity &&
+    sameRecord(c.properties, d.properties) &&
+    (current.metadata.ownerReferences?.length ?? 0) >= (desired.metadata.ownerReferences?.length ?? 0)
+  );
+}

@@ -1,0 +1,31 @@
+import { HANDLERS } from "../../discovery-handlers/index.js";
+import { Agent } from "../agent/agent.js";
+import { loadKubeConfig } from "../k8s/client.js";
+import { createLogger } from "../log/logger.js";
+import { untilSignal } from "./sandbox.js";
+
+export interface AgentCommandOptions {
+  node?: string;
+  kubeconfig?: string;
+  handlers?: string;
+}
+
+/** `spindle agent`: discovery on one node until SIGTERM; devices stay published across restarts. */
+export async function agentCommand(options: AgentCommandOptions): Promise<void> {
+  const nodeName = options.node ?? process.env.NODE_NAME;
+  if (!nodeName) throw new Error("the node name is required: --node <name> or NODE_NAME");
+  const enabled = options.handlers
+    ?.split(",")
+    .map((h) => h.trim())
+    .filter(Boolean);
+  for (const h of enabled ?? [])
+    if (!HANDLERS.has(h))
+      throw new Error(`--handlers: unknown handler "${h}" (known: ${[...HANDLERS.keys()].join(", ")})`);
+  const handlers = enabled ? new Map([...HANDLERS].filter(([name]) => enabled.includes(name))) : HANDLERS;
+  const log = createLogger("spindle-agent");
+  const agent = new Agent({ kc: loadKubeConfig(options.kubeconfig), nodeName, handlers, log });
+  await agent.start();
+  const signal = await untilSignal();
+  log.info({ signal }, "stopping");
+  await agent.stop();
+}

@@ -1,0 +1,95 @@
+import { createHash } from "node:crypto";
+import { extendedResourceName } from "../agent/device-name.js";
+import type { Device } from "../api/device.js";
+import type { DeviceSpinApp } from "../api/device-spin-app.js";
+import { SPIN_VARIABLE_NAME, SPINAPP_NAME_MAX, type SpinApp, type SpinVariable, spinApp } from "../api/spin-app.js";
+
+export const DSA_LABEL = "spindle.dev/device-spin-app";
+export const DEVICE_LABEL = "spindle.dev/device";
+export const SPEC_HASH_ANNOTATION = "spindle.dev/spec-hash";
+
+/** `<deviceSpinApp>-<hash>`: a DNS label of at most 52 characters, the same for the same pair. */
+export function spinAppName(dsa: DeviceSpinApp, deviceName: string): string {
+  const hash = createHash("sha256")
+    .update(`${dsa.metadata.namespace}/${dsa.metadata.name}\0${deviceName}`)
+    .digest("hex")
+    .slice(0, 10);
+  const prefix = dsa.metadata
+    .name!.slice(0, SPINAPP_NAME_MAX - hash.length - 1)
+    .replace(/\./g, "-")
+    .replace(/[^a-z0-9]+$/, "");
+  return `${prefix}-${hash}`;
+}
+
+/** Property name -> Spin variable name: lowercase; undefined when Spin cannot use it. */
+export function variableName(property: string): string | undefined {
+  const name = property.toLowerCase();
+  return SPIN_VARIABLE_NAME.test(name) ? name : undefined;
+}
+
+export type BuildResult = { ok: true; spinApp: SpinApp } | { ok: false; reason: string };
+
+/**
+ * The SpinApp for one DeviceSpinApp bound to one device: the template, the device's properties as
+ * Spin variables (the template's own variables win), the extended resource that pins its pods to
+ * a node that sees the device, labels and owner references. Pure: the same inputs give the same
+ * object, so applying it again changes nothing.
+ */
+export function buildSpinApp(dsa: DeviceSpinApp, device: Device): BuildResult {
+  const deviceName = device.metadata.name!;
+  const template = dsa.spec.template;
+  const own = (template.spec.variables as SpinVariable[] | undefined) ?? [];
+  const taken = new Set(own.map((v) => v.name));
+  const fromDevice: SpinVariable[] = [];
+  const mappings =
+    dsa.spec.variables ??
+    Object.keys(device.spec.properties)
+      .sort()
+      .flatMap((p) => {
+        const name = variableName(p);
+        return name ? [{ name, fromProperty: p }] : [];
+      });
+  for (const m of mappings) {
+    const value = device.spec.properties[m.fromProperty];
+    if (value === undefined || taken.has(m.name)) continue;
+    taken.add(m.name);
+    fromDevice.push({ name: m.name, value });
+  }
+  const resources =
+    (template.spec.resources as { limits?: Record<string, string>; requests?: Record<string, string> } | undefined) ??
+    {};
+  const candidate = {
+    apiVersion: "core.spinkube.dev/v1alpha1",
+    kind: "SpinApp",
+    metadata: {
+      name: spinAppName(dsa, deviceName),
+      namespace: dsa.metadata.namespace!,
+      labels: {
+        ...(template.metadata?.labels ?? {}),
+        [DSA_LABEL]: dsa.metadata.name!.slice(0, 63),
+        [DEVICE_LABEL]: deviceName,
+      },
+      annotations: { ...(template.metadata?.annotations ?? {}) },
+      // The Device is the only owner: Kubernetes' garbage collector deletes a dependent only when
+      // all of its owners are gone, so a second reference to the (still existing) DeviceSpinApp
+      // would keep the SpinApp alive after its Device went while the controller is down. The
+      // DeviceSpinApp is linked by label; the controller deletes SpinApps of a deleted one.
+      ownerReferences: [
+        { apiVersion: "spindle.dev/v1alpha1", kind: "Device", name: deviceName, uid: device.metadata.uid! },
+      ],
+    },
+    spec: {
+      ...template.spec,
+      variables: [...own, ...fromDevice],
+      resources: { ...resources, limits: { ...(resources.limits ?? {}), [extendedResourceName(deviceName)]: "1" } },
+    },
+  };
+  const parsed = spinApp.safeParse(candidate);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    return { ok: false, reason: `template: ${issue.path.join(".")}: ${issue.message}` };
+  }
+  const hash = createHash("sha256").update(JSON.stringify(parsed.data)).digest("hex").slice(0, 16);
+  parsed.data.metadata.annotations = { ...parsed.data.metadata.annotations, [SPEC_HASH_ANNOTATION]: hash };
+  return { ok: true, spinApp: parsed.data };
+}
