@@ -46,7 +46,7 @@ export class DevicePublisher {
   writes = 0;
 
   constructor(
-    private kc: k8s.KubeConfig,
+    kc: k8s.KubeConfig,
     readonly nodeName: string,
     private log: Logger,
     private events: EventRecorder,
@@ -170,8 +170,8 @@ export class DevicePublisher {
   private track(name: string, o: Observed): void {
     this.observed.set(name, o);
     const configName = o.configuration.metadata.name!;
-    let names = this.byConfiguration.get(configName);
-    if (!names) this.byConfiguration.set(configName, (names = new Set()));
+    const names = this.byConfiguration.get(configName) ?? new Set<string>();
+    this.byConfiguration.set(configName, names);
     names.add(name);
   }
 
