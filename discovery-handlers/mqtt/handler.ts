@@ -314,8 +314,10 @@ class MqttDiscoverySession {
       first ? "connected to the MQTT broker" : "reconnected to the MQTT broker",
     );
     const now = Date.now();
-    for (const convention of this.conventions) this.apply(convention.connected(now, first), convention.name);
+    const outcomes = this.conventions.map((convention) => ({ convention, outcome: convention.connected(now, first) }));
+    // Subscribe before publishing (rebirth requests), so the answers cannot arrive first.
     this.syncSubscriptions();
+    for (const { convention, outcome } of outcomes) this.apply(outcome, convention.name);
     this.scheduleFlush();
   }
 

@@ -1,0 +1,223 @@
+/**
+ * `npm run bench`: measures Spindle on the sandbox control plane with real agent and controller
+ * processes, a real Mosquitto and USB fixture trees. Prints one JSON line per figure; it passes or
+ * fails nothing. BENCH_DEVICES (default 1000) sets the size of the scale runs.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import * as k8s from "@kubernetes/client-node";
+import { MqttDeviceSimulator } from "../../discovery-handlers/mqtt/mock.js";
+import { startMosquitto } from "../../discovery-handlers/mqtt/mosquitto.js";
+import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
+import { applyObject } from "../../src/k8s/client.js";
+import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, ResourceClient } from "../../src/k8s/resources.js";
+import { ControlPlane, EXECUTOR, spinAppExecutor } from "../../src/sandbox/control-plane.js";
+
+const SCALE = Number(process.env.BENCH_DEVICES ?? 1000);
+const BIN = resolve(import.meta.dirname, "../../bin/spindle.js");
+
+function report(figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
+  process.stdout.write(`${JSON.stringify({ figure, value: Math.round(value * 10) / 10, unit, ...extra })}\n`);
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 600_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return Number(m?.[1] ?? 0) / 1024;
+}
+
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime in clock ticks (100 Hz)
+}
+
+/** The node process behind `spindle` (bin/spindle.js runs in the same process). */
+function spindle(args: string[], kubeconfig: string): ChildProcess {
+  return spawn(process.execPath, [BIN, ...args], {
+    env: { ...process.env, KUBECONFIG: kubeconfig, LOG_LEVEL: "warn" },
+    stdio: "ignore",
+  });
+}
+
+/** Watches a collection, recording when each object was first seen and counting every event. */
+async function watchFirstSeen(
+  kc: k8s.KubeConfig,
+  path: string,
+  key: (o: Record<string, unknown>) => string | undefined,
+) {
+  const seen = new Map<string, number>();
+  let events = 0;
+  const req = await new k8s.Watch(kc).watch(
+    path,
+    {},
+    (_type, obj: Record<string, unknown>) => {
+      events++;
+      const k = key(obj);
+      if (k && !seen.has(k)) seen.set(k, Date.now());
+    },
+    () => undefined,
+  );
+  return { seen, events: () => events, stop: () => req.abort() };
+}
+
+async function main(): Promise<void> {
+  const cp = await ControlPlane.start({ log: (l) => process.stderr.write(`[sandbox] ${l}\n`) });
+  const kc = cp.kubeConfig();
+  const broker = await startMosquitto();
+  const sim = new MqttDeviceSimulator({ url: broker.url });
+  const usb = await UsbFixture.create();
+  const configs = new ResourceClient(kc, DEVICE_CONFIGURATIONS, "bench");
+  const dsas = new ResourceClient(kc, DEVICE_SPIN_APPS, "bench");
+  const core = kc.makeApiClient(k8s.CoreV1Api);
+  const children: ChildProcess[] = [];
+  try {
+    await core.createNamespace({ body: { metadata: { name: "bench" } } });
+    await applyObject(kc, spinAppExecutor("bench"), "bench");
+    const agent = spindle(["agent", "--node", "edge-1"], cp.kubeconfigPath);
+    const controller = spindle(["controller"], cp.kubeconfigPath);
+    children.push(agent, controller);
+    const dc = (name: string, handler: string, details: Record<string, unknown>, capacity = 1) =>
+      configs.apply({
+        apiVersion: "spindle.dev/v1alpha1",
+        kind: "DeviceConfiguration",
+        metadata: { name },
+        spec: { discoveryHandler: { name: handler, discoveryDetails: details }, capacity, offlineGraceSeconds: 60 },
+      } as never);
+    await dc("bench-usb", "usb", { sysfsRoot: usb.sysfsRoot });
+    await dc("bench-mqtt", "mqtt", { brokerUri: broker.url, conventions: { homie: false, sparkplug: false } });
+    await dsas.apply({
+      apiVersion: "spindle.dev/v1alpha1",
+      kind: "DeviceSpinApp",
+      metadata: { name: "bench-app", namespace: "bench" },
+      spec: {
+        deviceConfiguration: "bench-mqtt",
+        template: { spec: { image: "ghcr.io/acme/app:v1", executor: EXECUTOR, replicas: 1 } },
+      },
+    } as never);
+
+    const devices = await watchFirstSeen(kc, "/apis/spindle.dev/v1alpha1/devices", (o) => {
+      const p = (o.spec as { properties?: Record<string, string> } | undefined)?.properties;
+      return p?.MQTT_DEVICE_ID ?? p?.USB_SERIAL;
+    });
+    const spinApps = await watchFirstSeen(kc, "/apis/core.spinkube.dev/v1alpha1/namespaces/bench/spinapps", (o) => {
+      const vars = (o.spec as { variables?: { name: string; value?: string }[] }).variables ?? [];
+      return vars.find((v) => v.name === "mqtt_device_id")?.value;
+    });
+    await new Promise((r) => setTimeout(r, 3000)); // agent and controller up
+
+    // 1. Latency, one device at a time: USB plug -> Device; MQTT birth -> Device -> SpinApp.
+    const usbLatency: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const serial = `LAT${i}`;
+      const t0 = Date.now();
+      await usb.plug({ port: `1-${i + 1}`, vendorId: "0403", productId: "6001", serial });
+      await until(`USB ${serial}`, () => devices.seen.has(serial));
+      usbLatency.push(devices.seen.get(serial)! - t0);
+    }
+    report("usb_plug_to_device_p50", percentile(usbLatency, 50), "ms", { n: usbLatency.length });
+    report("usb_plug_to_device_p99", percentile(usbLatency, 99), "ms", { n: usbLatency.length });
+
+    const mqttLatency: number[] = [];
+    const appLatency: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const id = `lat_${i}`;
+      const t0 = Date.now();
+      await sim.homeAssistant({ id, component: "sensor", manufacturer: "Bench" });
+      await until(`MQTT ${id}`, () => devices.seen.has(id));
+      await until(`SpinApp for ${id}`, () => spinApps.seen.has(id));
+      mqttLatency.push(devices.seen.get(id)! - t0);
+      appLatency.push(spinApps.seen.get(id)! - t0);
+    }
+    report("mqtt_birth_to_device_p50", percentile(mqttLatency, 50), "ms", { n: 50 });
+    report("mqtt_birth_to_device_p99", percentile(mqttLatency, 99), "ms", { n: 50 });
+    report("device_appears_to_spinapp_p50", percentile(appLatency, 50), "ms", {
+      n: 50,
+      includes: "agent + controller",
+    });
+    report("device_appears_to_spinapp_p99", percentile(appLatency, 99), "ms", {
+      n: 50,
+      includes: "agent + controller",
+    });
+
+    // 2. Raw create rate of this apiserver, for comparison: SCALE ConfigMaps, 16 in parallel.
+    const rawStart = Date.now();
+    const queue = Array.from({ length: SCALE }, (_, i) => i);
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        for (let i = queue.shift(); i !== undefined; i = queue.shift()) {
+          await core.createNamespacedConfigMap({
+            namespace: "bench",
+            body: { metadata: { name: `raw-${i}` }, data: { i: String(i) } },
+          });
+        }
+      }),
+    );
+    const rawRate = SCALE / ((Date.now() - rawStart) / 1000);
+    report("apiserver_raw_creates", rawRate, "objects/s", { n: SCALE });
+
+    // 3. Scale: SCALE MQTT devices appear at once -> SCALE Devices -> SCALE SpinApps.
+    const before = spinApps.seen.size;
+    const scaleStart = Date.now();
+    const client = await sim.connectClient();
+    for (let i = 0; i < SCALE; i++) {
+      const id = `dev_${i}`;
+      await client.publishAsync(
+        `homeassistant/sensor/${id}/config`,
+        JSON.stringify({
+          unique_id: id,
+          name: id,
+          state_topic: `sim/${id}/state`,
+          device: { identifiers: [id], manufacturer: "Bench" },
+        }),
+        { retain: true, qos: 0 },
+      );
+    }
+    await until(`${SCALE} SpinApps`, () => spinApps.seen.size >= before + SCALE, 900_000);
+    const seconds = (Date.now() - scaleStart) / 1000;
+    // Each bound device takes three writes: Device apply, Device status (slot), SpinApp apply.
+    report("devices_to_spinapps_cold", SCALE / seconds, "devices/s", {
+      n: SCALE,
+      seconds: Math.round(seconds),
+      ratio_of_raw_creates: Math.round(((SCALE * 3) / seconds / rawRate) * 100) / 100,
+    });
+    report("agent_rss", rssMiB(agent.pid!), "MiB", { devices: SCALE + 100 });
+    report("controller_rss", rssMiB(controller.pid!), "MiB", { devices: SCALE + 100, spinApps: SCALE + 50 });
+
+    // 4. Steady state: nothing changes for 60 s -> API writes (watch events) and CPU.
+    await new Promise((r) => setTimeout(r, 5000));
+    const eventsBefore = devices.events() + spinApps.events();
+    const cpuBefore = cpuSeconds(agent.pid!);
+    await new Promise((r) => setTimeout(r, 60_000));
+    report("steady_state_writes", devices.events() + spinApps.events() - eventsBefore, "writes/min", {
+      watched: "Devices, SpinApps",
+    });
+    report("agent_cpu_steady", ((cpuSeconds(agent.pid!) - cpuBefore) / 60) * 100, "% of one core", {
+      devices: SCALE + 100,
+    });
+    devices.stop();
+    spinApps.stop();
+  } finally {
+    for (const c of children) c.kill("SIGTERM");
+    await new Promise((r) => setTimeout(r, 1000));
+    await sim.close();
+    await broker.stop();
+    await usb.dispose();
+    await cp.stop();
+  }
+}
+
+await main();
+process.exit(0);
