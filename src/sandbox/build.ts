@@ -41,6 +41,7 @@ export const TOOL_MODULES: ToolModule[] = [
     ldflags: k8sLdflags,
   },
   { module: "kwok", binaries: { kwok: "sigs.k8s.io/kwok/cmd/kwok" } },
+  { module: "helm", binaries: { helm: "helm.sh/helm/v3/cmd/helm" } },
   {
     module: "spin-operator",
     binaries: { "spin-operator": "github.com/spinkube/spin-operator/cmd" },
