@@ -2,7 +2,9 @@ import { Command } from "commander";
 import { agentCommand } from "./commands/agent.js";
 import { controllerCommand } from "./commands/controller.js";
 import { crdsCommand } from "./commands/crds.js";
+import { devCommand } from "./commands/dev.js";
 import { sandboxCommand } from "./commands/sandbox.js";
+import { statusCommand } from "./commands/status.js";
 
 const program = new Command("spindle")
   .description("Finds edge devices and runs SpinKube SpinApps bound to them.")
@@ -22,11 +24,27 @@ program
   .action(sandboxCommand);
 
 program
+  .command("dev")
+  .description(
+    "The whole system on a local sandbox: control plane, simulated devices, agents on edge-1 and edge-2, the controller, examples/, and a live view with keys to plug and unplug devices",
+  )
+  .action(devCommand);
+
+program
   .command("agent")
   .description("Run discovery on one node and publish what it finds as Device objects")
   .option("--node <name>", "this node's name (default: $NODE_NAME)")
   .option("--kubeconfig <path>", "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
-  .option("--handlers <list>", "comma-separated discovery handlers to run (default: all)", process.env.SPINDLE_HANDLERS)
+  .option(
+    "--handlers <list>",
+    "comma-separated discovery handlers to run (default: all; env SPINDLE_HANDLERS)",
+    process.env.SPINDLE_HANDLERS,
+  )
+  .option(
+    "--http-address <host:port>",
+    "serve /metrics, /healthz and /readyz here (env SPINDLE_HTTP_ADDRESS; default: off)",
+    process.env.SPINDLE_HTTP_ADDRESS,
+  )
   .action(agentCommand);
 
 program
@@ -37,7 +55,19 @@ program
   .option("--lease-name <name>", "name of the leader-election Lease", "spindle-controller")
   .option("--lease-seconds <n>", "seconds without renewal before a standby takes over", "15")
   .option("--identity <id>", "this replica's identity in the Lease (default: <hostname>-<pid>)")
+  .option(
+    "--http-address <host:port>",
+    "serve /metrics, /healthz and /readyz here (env SPINDLE_HTTP_ADDRESS; default: off)",
+    process.env.SPINDLE_HTTP_ADDRESS,
+  )
   .action(controllerCommand);
+
+program
+  .command("status")
+  .description("Show devices per configuration, DeviceSpinApps with their SpinApps and pods, and recent events")
+  .option("--kubeconfig <path>", "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+  .option("-o, --output <format>", "table or json", "table")
+  .action(statusCommand);
 
 try {
   await program.parseAsync();

@@ -20,6 +20,8 @@ export interface AgentOptions {
   kc: k8s.KubeConfig;
   nodeName: string;
   handlers: ReadonlyMap<string, DiscoveryHandler<unknown>>;
+  /** Handlers that exist but are switched off on this node: their configurations are skipped quietly. */
+  disabled?: ReadonlySet<string>;
   log: Logger;
 }
 
@@ -85,6 +87,14 @@ export class Agent {
     }
     this.stopRun(name);
     const handler = this.options.handlers.get(configuration.spec.discoveryHandler.name);
+    if (!handler && this.options.disabled?.has(configuration.spec.discoveryHandler.name)) {
+      this.log.info(
+        { configuration: name, handler: configuration.spec.discoveryHandler.name },
+        "handler disabled on this node",
+      );
+      this.publisher.updateConfiguration(configuration);
+      return;
+    }
     if (!handler) {
       this.reportInvalid(
         raw,

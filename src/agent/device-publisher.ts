@@ -8,6 +8,7 @@ import type { EventRecorder } from "../k8s/events.js";
 import { Cache } from "../k8s/informer.js";
 import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, ResourceClient } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
+import { apiWrites, devicesPublished, discoveryLatency, reconcileErrors } from "../observability/metrics.js";
 import { deviceIdentity, deviceName, extendedResourceName } from "./device-name.js";
 import { WorkQueue } from "./work-queue.js";
 
@@ -40,10 +41,11 @@ export class DevicePublisher {
   /** Our own writes, newer than the cache until the watch catches up. */
   private written = new Map<string, Device & k8s.KubernetesObject>();
   private queue: WorkQueue;
+  /** When a new or changed device was first reported, until its Device is written. */
+  private reportedAt = new Map<string, number>();
   private core: k8s.CoreV1Api;
   private advertised: Map<string, number> | undefined;
   private nodeTimer: NodeJS.Timeout | undefined;
-  writes = 0;
 
   constructor(
     kc: k8s.KubeConfig,
@@ -58,7 +60,10 @@ export class DevicePublisher {
     this.queue = new WorkQueue(
       (name) => this.reconcile(name),
       16,
-      (name, err) => this.log.warn({ device: name, err: String(err) }, "publishing device failed; retrying"),
+      (name, err) => {
+        reconcileErrors.inc();
+        this.log.warn({ device: name, err: String(err) }, "publishing device failed; retrying");
+      },
     );
   }
 
@@ -258,6 +263,11 @@ export class DevicePublisher {
   }
 
   private async reconcile(name: string): Promise<void> {
+    await this.reconcileDevice(name);
+    this.reportedAt.delete(name);
+  }
+
+  private async reconcileDevice(name: string): Promise<void> {
     const o = this.observed.get(name);
     const current = this.current(name);
     if (this.wanted(o)) {
@@ -282,7 +292,7 @@ export class DevicePublisher {
       }
       if (!current || !publishedAsDesired(current, desired, this.nodeName)) {
         const applied = await this.devices.apply(desired);
-        this.writes++;
+        apiWrites.inc({ resource: "devices", verb: "apply" });
         this.written.set(name, applied);
         this.log.info(
           { device: name, configuration: desired.spec.configurationName, nodes: applied.spec.nodes },
@@ -300,7 +310,7 @@ export class DevicePublisher {
   private async leave(device: Device & k8s.KubernetesObject): Promise<void> {
     const name = device.metadata.name!;
     const others = device.spec.nodes.filter((n) => n !== this.nodeName);
-    this.writes++;
+    apiWrites.inc({ resource: "devices", verb: others.length === 0 ? "delete" : "apply" });
     this.written.delete(name);
     if (others.length === 0) {
       try {
@@ -339,8 +349,11 @@ export class DevicePublisher {
   /** The node extended resources `spindle.dev/<device>` = capacity, for every device this node publishes. */
   private async advertise(): Promise<void> {
     const want = new Map<string, number>();
+    devicesPublished.reset();
     for (const [name, o] of this.observed) {
-      if (this.wanted(o)) want.set(extendedResourceName(name), o.configuration.spec.capacity);
+      if (!this.wanted(o)) continue;
+      want.set(extendedResourceName(name), o.configuration.spec.capacity);
+      devicesPublished.inc({ configuration: o.configuration.metadata.name! });
     }
     if (!this.advertised) {
       const node = await this.core.readNodeStatus({ name: this.nodeName });
@@ -366,7 +379,7 @@ export class DevicePublisher {
       },
       applyOptions,
     );
-    this.writes++;
+    apiWrites.inc({ resource: "nodes/status", verb: "apply" });
     this.advertised = want;
     this.log.info({ node: this.nodeName, resources: want.size }, "extended resources advertised");
   }

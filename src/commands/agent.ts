@@ -2,12 +2,14 @@ import { HANDLERS } from "../../discovery-handlers/index.js";
 import { Agent } from "../agent/agent.js";
 import { loadKubeConfig } from "../k8s/client.js";
 import { createLogger } from "../log/logger.js";
+import { startHttpServer } from "../observability/http-server.js";
 import { untilSignal } from "./sandbox.js";
 
 export interface AgentCommandOptions {
   node?: string;
   kubeconfig?: string;
   handlers?: string;
+  httpAddress?: string;
 }
 
 /** `spindle agent`: discovery on one node until SIGTERM; devices stay published across restarts. */
@@ -23,9 +25,16 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
       throw new Error(`--handlers: unknown handler "${h}" (known: ${[...HANDLERS.keys()].join(", ")})`);
   const handlers = enabled ? new Map([...HANDLERS].filter(([name]) => enabled.includes(name))) : HANDLERS;
   const log = createLogger("spindle-agent");
-  const agent = new Agent({ kc: loadKubeConfig(options.kubeconfig), nodeName, handlers, log });
+  const disabled = new Set([...HANDLERS.keys()].filter((h) => !handlers.has(h)));
+  const agent = new Agent({ kc: loadKubeConfig(options.kubeconfig), nodeName, handlers, disabled, log });
+  let started = false;
+  const server = options.httpAddress
+    ? await startHttpServer(options.httpAddress, () => ({ ok: started, reason: started ? "ok" : "starting" }), log)
+    : undefined;
   await agent.start();
+  started = true;
   const signal = await untilSignal();
   log.info({ signal }, "stopping");
   await agent.stop();
+  server?.close();
 }

@@ -3,6 +3,7 @@ import { Controller } from "../controller/controller.js";
 import { loadKubeConfig } from "../k8s/client.js";
 import { LeaderElection } from "../k8s/leader-election.js";
 import { createLogger } from "../log/logger.js";
+import { startHttpServer } from "../observability/http-server.js";
 import { untilSignal } from "./sandbox.js";
 
 export interface ControllerCommandOptions {
@@ -11,6 +12,7 @@ export interface ControllerCommandOptions {
   leaseName: string;
   leaseSeconds: string;
   identity?: string;
+  httpAddress?: string;
 }
 
 /** `spindle controller`: one active replica (Lease), DeviceSpinApps -> SpinApps until SIGTERM. */
@@ -33,18 +35,26 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
   );
   const signal = untilSignal();
   let controller: Controller | undefined;
+  let state: "standby" | "starting" | "leading" = "standby";
+  // A standby is ready: it is healthy and waiting for the Lease, and a rollout must not stall on it.
+  const server = options.httpAddress
+    ? await startHttpServer(options.httpAddress, () => ({ ok: state !== "starting", reason: state }), log)
+    : undefined;
   const leading = election
     .acquire(() => {
       // Another replica may already act: stop at once rather than write as a non-leader.
       process.exit(1);
     })
     .then(async () => {
+      state = "starting";
       controller = new Controller(kc, log);
       await controller.start();
+      state = "leading";
       log.info("controller started");
     });
   await Promise.race([leading, signal]);
   log.info({ signal: await signal }, "stopping");
   await controller?.stop();
   await election.release();
+  server?.close();
 }

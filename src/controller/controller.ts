@@ -18,6 +18,7 @@ import {
   SPIN_APPS,
 } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
+import { apiWrites, reconcileDuration, reconcileErrors, spinAppsBound } from "../observability/metrics.js";
 import { type DesiredState, desiredState, dsaKey } from "./desired-state.js";
 import { DEVICE_LABEL, DSA_LABEL, SPEC_HASH_ANNOTATION } from "./spin-app-builder.js";
 
@@ -54,7 +55,6 @@ export class Controller {
   /** Objects we wrote, newer than the caches until the watches catch up (keyed by kind/ns/name). */
   private written = new Map<string, { resourceVersion?: string; value: unknown }>();
   private bound = new Map<string, Set<string>>();
-  writes = 0;
   reconciles = 0;
 
   constructor(
@@ -88,7 +88,10 @@ export class Controller {
     this.queue = new WorkQueue(
       () => this.reconcile(),
       1,
-      (_k, err) => this.log.error({ err: String(err) }, "reconcile failed; retrying"),
+      (_k, err) => {
+        reconcileErrors.inc();
+        this.log.error({ err: String(err) }, "reconcile failed; retrying");
+      },
     );
   }
 
@@ -160,19 +163,21 @@ export class Controller {
     const wantedApps = new Map(
       desired.bindings.map((b) => [`${b.spinApp.metadata.namespace}/${b.spinApp.metadata.name}`, b]),
     );
-    const writes: Promise<void>[] = [];
+    const writes: (() => Promise<void>)[] = [];
     // 1. Free what is no longer wanted: delete SpinApps first, then their slots go below.
     for (const s of managed) {
       const key = `${s.metadata!.namespace}/${s.metadata!.name}`;
       if (wantedApps.has(key) || s.metadata?.deletionTimestamp) continue;
-      writes.push(this.deleteSpinApp(s));
+      writes.push(() => this.deleteSpinApp(s));
     }
     await this.limit(writes);
     // 2. Slots: every device whose allocations differ.
-    await this.limit(devices.map((d) => this.applyAllocations(d, desired.allocations.get(d.metadata.name!) ?? [])));
+    await this.limit(
+      devices.map((d) => () => this.applyAllocations(d, desired.allocations.get(d.metadata.name!) ?? [])),
+    );
     // 3. SpinApps that are missing or differ from the desired object.
     await this.limit(
-      [...wantedApps].map(async ([key, b]) => {
+      [...wantedApps].map(([key, b]) => async () => {
         const current = this.caches.spinApps.get(b.spinApp.metadata.name, b.spinApp.metadata.namespace);
         const hash = b.spinApp.metadata.annotations?.[SPEC_HASH_ANNOTATION];
         if (
@@ -181,7 +186,7 @@ export class Controller {
         )
           return;
         await this.clients.spinApps.apply(b.spinApp as SpinAppObj);
-        this.writes++;
+        apiWrites.inc({ resource: "spinapps", verb: "apply" });
         this.written.set(`SpinApp/${key}`, { value: hash });
         if (!current) {
           const dsa = dsas.find((d) => dsaKey(d) === b.dsaKey)!;
@@ -196,17 +201,31 @@ export class Controller {
       }),
     );
     // 4. Status of every DeviceSpinApp and DeviceConfiguration.
-    await this.limit(dsas.map((dsa) => this.applyDsaStatus(dsa, desired, managed)));
-    await this.limit(this.caches.configs.list().map((c) => this.applyConfigurationStatus(c, devices)));
+    await this.limit(dsas.map((dsa) => () => this.applyDsaStatus(dsa, desired, managed)));
+    await this.limit(this.caches.configs.list().map((c) => () => this.applyConfigurationStatus(c, devices)));
     this.bound = bound;
+    spinAppsBound.reset();
+    for (const b of desired.bindings) spinAppsBound.inc({ namespace: b.spinApp.metadata.namespace });
+    reconcileDuration.observe((Date.now() - started) / 1000);
     this.log.debug({ ms: Date.now() - started, bindings: desired.bindings.length }, "reconciled");
   }
 
-  /** Runs the writes with bounded parallelism, then throws the first failure (the queue retries). */
-  private async limit(tasks: Promise<void>[]): Promise<void> {
-    const results = await Promise.allSettled(tasks);
-    const failed = results.find((r) => r.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
+  /** Runs the writes, at most 32 at once, then throws the first failure (the queue retries). */
+  private async limit(tasks: (() => Promise<void>)[]): Promise<void> {
+    let next = 0;
+    let failure: unknown;
+    const worker = async () => {
+      while (next < tasks.length) {
+        const task = tasks[next++]!;
+        try {
+          await task();
+        } catch (err) {
+          failure ??= err;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(32, tasks.length) }, worker));
+    if (failure) throw failure;
   }
 
   private dsaTarget(dsa: DeviceSpinApp) {
@@ -223,7 +242,7 @@ export class Controller {
     const key = `${s.metadata!.namespace}/${s.metadata!.name}`;
     try {
       await this.clients.spinApps.delete(s.metadata!.name!, s.metadata!.namespace, { uid: s.metadata?.uid });
-      this.writes++;
+      apiWrites.inc({ resource: "spinapps", verb: "delete" });
     } catch (err) {
       if (statusCode(err) !== 404) throw err;
     }
@@ -253,7 +272,7 @@ export class Controller {
         metadata: { name: device.metadata.name },
         status: { allocations, used: allocations.length },
       } as unknown as DeviceObj);
-      this.writes++;
+      apiWrites.inc({ resource: "devices/status", verb: "apply" });
       this.written.set(`Device/${device.metadata.name}`, {
         resourceVersion: applied.metadata?.resourceVersion,
         value: applied,
@@ -331,7 +350,7 @@ export class Controller {
       metadata: { name: dsa.metadata.name, namespace: dsa.metadata.namespace },
       status,
     } as unknown as DsaObj);
-    this.writes++;
+    apiWrites.inc({ resource: "devicespinapps/status", verb: "apply" });
   }
 
   private async applyConfigurationStatus(config: ConfigObj, devices: DeviceObj[]): Promise<void> {
@@ -369,7 +388,7 @@ export class Controller {
       metadata: { name },
       status,
     } as unknown as ConfigObj);
-    this.writes++;
+    apiWrites.inc({ resource: "deviceconfigurations/status", verb: "apply" });
   }
 
   /** A condition that keeps its lastTransitionTime while its status does not change. */
