@@ -17,10 +17,10 @@ import { TopicConvention } from "./topics.js";
  * conventions' topics and keeps their state; whenever the device set changes it yields the whole
  * set, once per burst of messages (the retained flood after subscribing gives one set).
  *
- * When the broker goes away the client reconnects with a growing delay, and the last set stands
- * meanwhile (the agent's grace period decides when devices are gone). After reconnecting, the
- * retained conventions rebuild from what the broker re-sends, and Sparkplug edge nodes are asked
- * to rebirth.
+ * When the broker goes away nothing is known about its devices: the handler yields one empty set,
+ * so the agent's grace period starts, and reconnects with a growing delay. After reconnecting,
+ * the retained conventions rebuild from what the broker re-sends (a broker back within the grace
+ * period tears nothing down), and Sparkplug edge nodes are asked to rebirth.
  *
  * Knowing when the retained messages for a subscription are all in: brokers send them after the
  * SUBACK, and Mosquitto only ~40 ms later (Nagle against delayed ACK). So after each SUBACK the
@@ -326,8 +326,14 @@ class MqttDiscoverySession {
     this.connected = false;
     const now = Date.now();
     for (const convention of this.conventions) convention.disconnected(now);
-    if (!this.closed) {
-      this.log.warn({ broker: this.brokerUri }, "lost the MQTT broker; keeping the last device set while reconnecting");
+    if (this.closed) return;
+    this.log.warn({ broker: this.brokerUri }, "lost the MQTT broker; reporting no devices until it is back");
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    this.burstStartedAt = undefined;
+    if (this.lastSet !== "[]") {
+      this.lastSet = "[]";
+      this.sets.push([]);
     }
   }
 
@@ -460,7 +466,7 @@ class MqttDiscoverySession {
   private flush(): void {
     this.flushTimer = undefined;
     if (this.closed) return;
-    // While disconnected the last set stands (state may be half rebuilt after a reconnect).
+    // While disconnected the empty set stands (state may be half rebuilt after a reconnect).
     if (!this.connected) {
       this.burstStartedAt = undefined;
       return;

@@ -205,6 +205,12 @@ async function* discover({
     .map(parseHostPort)
     .filter((t): t is UnicastTarget => t !== undefined);
 
+  // Filter items are MACs as operators write them (02-AB-…, 02:ab:…, 02ab…): compared in the form published.
+  const macFilter = details.macAddresses && {
+    ...details.macAddresses,
+    items: details.macAddresses.items.map((item) => normalizeMac(item) ?? item),
+  };
+
   let warnedFull = false;
   // A logical clock: sightings and probe rounds are ordered without relying on millisecond timestamps.
   let clock = 0;
@@ -393,7 +399,7 @@ async function* discover({
       if (!camera.read) continue;
       const credentials = credentialsFor(properties, camera.id, camera.endpoint.uuid);
       const device = toDevice(camera, camera.read.result, credentials?.password);
-      if (!passesFilter(details.macAddresses, device.properties.ONVIF_DEVICE_MAC_ADDRESS)) continue;
+      if (!passesFilter(macFilter, device.properties.ONVIF_DEVICE_MAC_ADDRESS)) continue;
       devices.push(device);
     }
     return devices.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));

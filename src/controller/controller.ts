@@ -1,4 +1,5 @@
 import type * as k8s from "@kubernetes/client-node";
+import { CoreV1Api } from "@kubernetes/client-node";
 import { HANDLERS } from "../../discovery-handlers/index.js";
 import { WorkQueue } from "../agent/work-queue.js";
 import type { Condition } from "../api/common.js";
@@ -23,6 +24,7 @@ import { type DesiredState, desiredState, dsaKey } from "./desired-state.js";
 import { DEVICE_LABEL, DSA_LABEL, SPEC_HASH_ANNOTATION } from "./spin-app-builder.js";
 
 export const FIELD_MANAGER = "spindle-controller";
+const NODES = { group: "", version: "v1", plural: "nodes", kind: "Node", namespaced: false };
 
 type Obj = k8s.KubernetesObject & Record<string, unknown>;
 type DeviceObj = Device & Obj;
@@ -48,6 +50,7 @@ export class Controller {
     dsas: Cache<DsaObj>;
     spinApps: Cache<SpinAppObj>;
     configs: Cache<ConfigObj>;
+    nodes: Cache<k8s.V1Node & Obj>;
   };
   private queue: WorkQueue;
   private events: EventRecorder;
@@ -84,6 +87,13 @@ export class Controller {
         DSA_LABEL,
       ),
       configs: new Cache(kc, this.clients.configs, log, poke),
+      nodes: new Cache(
+        kc,
+        { type: NODES, list: () => kc.makeApiClient(CoreV1Api).listNode() as Promise<k8s.KubernetesListObject<k8s.V1Node & Obj>> },
+        log,
+        poke,
+        "/api/v1/nodes",
+      ),
     };
     this.queue = new WorkQueue(
       () => this.reconcile(),
@@ -144,7 +154,8 @@ export class Controller {
           "invalid DeviceSpinApp ignored",
         );
     }
-    const devices = this.caches.devices.list().map((d) => this.fresh("Device", d, d.metadata!.name!) ?? d);
+    let devices = this.caches.devices.list().map((d) => this.fresh("Device", d, d.metadata!.name!) ?? d);
+    devices = await this.releaseDeletedNodes(devices);
     const managed = this.caches.spinApps.list();
     const bound = new Map<string, Set<string>>();
     for (const s of managed) {
@@ -208,6 +219,44 @@ export class Controller {
     for (const b of desired.bindings) spinAppsBound.inc({ namespace: b.spinApp.metadata.namespace });
     reconcileDuration.observe((Date.now() - started) / 1000);
     this.log.debug({ ms: Date.now() - started, bindings: desired.bindings.length }, "reconciled");
+  }
+
+  /**
+   * A deleted node's agent cannot leave its Devices, so the controller does it for it: it
+   * releases the node's fields under the node's own field manager (exactly what the agent would
+   * do), and deletes a Device no remaining node sees.
+   */
+  private async releaseDeletedNodes(devices: DeviceObj[]): Promise<DeviceObj[]> {
+    const nodes = new Set(this.caches.nodes.list().map((n) => n.metadata?.name));
+    if (nodes.size === 0) return devices; // no nodes at all: more likely a broken cache than a dead cluster
+    const kept: DeviceObj[] = [];
+    for (const device of devices) {
+      const gone = device.spec.nodes.filter((n) => !nodes.has(n));
+      if (gone.length === 0) {
+        kept.push(device);
+        continue;
+      }
+      const name = device.metadata.name!;
+      if (gone.length === device.spec.nodes.length) {
+        await this.clients.devices
+          .delete(name, undefined, { uid: device.metadata.uid, resourceVersion: device.metadata.resourceVersion })
+          .catch((err) => {
+            if (statusCode(err) !== 404) throw err;
+          });
+        apiWrites.inc({ resource: "devices", verb: "delete" });
+        this.log.info({ device: name, nodes: gone }, "device deleted: every node that saw it was deleted");
+        continue;
+      }
+      let current = device;
+      for (const node of gone) {
+        const asAgent = new ResourceClient<DeviceObj>(this.kc, DEVICES, `spindle-agent-${node}`.slice(0, 128));
+        current = await asAgent.apply({ apiVersion: "spindle.dev/v1alpha1", kind: "Device", metadata: { name } } as DeviceObj);
+        apiWrites.inc({ resource: "devices", verb: "apply" });
+      }
+      this.log.info({ device: name, nodes: gone }, "deleted nodes removed from shared device");
+      kept.push(current);
+    }
+    return kept;
   }
 
   /** Runs the writes, at most 32 at once, then throws the first failure (the queue retries). */

@@ -409,6 +409,19 @@ export class ControlPlane {
     else this.startComponent(name);
   }
 
+  /**
+   * Compacts etcd's history up to now (for fault tests): a watch that resumes from an older
+   * resourceVersion then gets 410 Gone and must relist.
+   */
+  async compactEtcd(): Promise<number> {
+    const base = `http://127.0.0.1:${this.ports.etcd}/v3/kv`;
+    const range = await fetch(`${base}/range`, { method: "POST", body: JSON.stringify({ key: "AA==" }) });
+    const revision = Number(((await range.json()) as { header: { revision: string } }).header.revision);
+    const res = await fetch(`${base}/compaction`, { method: "POST", body: JSON.stringify({ revision, physical: true }) });
+    if (!res.ok) throw new Error(`etcd compaction failed: HTTP ${res.status}`);
+    return revision;
+  }
+
   processIds(): number[] {
     return [...this.processes.values()].filter((p) => p.alive && p.pid).map((p) => p.pid!);
   }
