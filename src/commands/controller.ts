@@ -33,28 +33,44 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
     },
     log,
   );
-  const signal = untilSignal();
+  let stopping = false;
+  const signal = untilSignal().then((sig) => {
+    stopping = true;
+    return sig;
+  });
   let controller: Controller | undefined;
   let state: "standby" | "starting" | "leading" = "standby";
   // A standby is ready: it is healthy and waiting for the Lease, and a rollout must not stall on it.
   const server = options.httpAddress
     ? await startHttpServer(options.httpAddress, () => ({ ok: state !== "starting", reason: state }), log)
     : undefined;
-  const leading = election
-    .acquire(() => {
-      // Another replica may already act: stop at once rather than write as a non-leader.
-      process.exit(1);
-    })
-    .then(async () => {
+  // Campaign, lead until the Lease is lost, stop writing at once, campaign again: a replica that
+  // lost its Lease (say, while the apiserver was down) becomes a standby instead of dying.
+  const leadership = (async () => {
+    while (!stopping) {
+      let lost!: () => void;
+      const lostLease = new Promise<void>((r) => {
+        lost = r;
+      });
+      await election.acquire(lost);
+      if (stopping) return;
       state = "starting";
       controller = new Controller(kc, log);
       await controller.start();
       state = "leading";
       log.info("controller started");
-    });
-  await Promise.race([leading, signal]);
+      await Promise.race([lostLease, signal]);
+      if (stopping) return;
+      state = "standby";
+      await controller.stop();
+      controller = undefined;
+      log.warn("stopped acting after losing the Lease; campaigning again");
+    }
+  })();
   log.info({ signal: await signal }, "stopping");
+  election.stop();
   await controller?.stop();
+  await Promise.race([leadership, new Promise((r) => setTimeout(r, 1000))]);
   await election.release();
   server?.close();
 }

@@ -89,7 +89,10 @@ export class Controller {
       configs: new Cache(kc, this.clients.configs, log, poke),
       nodes: new Cache(
         kc,
-        { type: NODES, list: () => kc.makeApiClient(CoreV1Api).listNode() as Promise<k8s.KubernetesListObject<k8s.V1Node & Obj>> },
+        {
+          type: NODES,
+          list: () => kc.makeApiClient(CoreV1Api).listNode() as Promise<k8s.KubernetesListObject<k8s.V1Node & Obj>>,
+        },
         log,
         poke,
         "/api/v1/nodes",
@@ -250,7 +253,11 @@ export class Controller {
       let current = device;
       for (const node of gone) {
         const asAgent = new ResourceClient<DeviceObj>(this.kc, DEVICES, `spindle-agent-${node}`.slice(0, 128));
-        current = await asAgent.apply({ apiVersion: "spindle.dev/v1alpha1", kind: "Device", metadata: { name } } as DeviceObj);
+        current = await asAgent.apply({
+          apiVersion: "spindle.dev/v1alpha1",
+          kind: "Device",
+          metadata: { name },
+        } as DeviceObj);
         apiWrites.inc({ resource: "devices", verb: "apply" });
       }
       this.log.info({ device: name, nodes: gone }, "deleted nodes removed from shared device");

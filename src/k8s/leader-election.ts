@@ -21,6 +21,7 @@ export class LeaderElection {
   private timer: NodeJS.Timeout | undefined;
   private leading = false;
   private stopped = false;
+  private lastRenewed = 0;
 
   constructor(
     kc: k8s.KubeConfig,
@@ -30,20 +31,40 @@ export class LeaderElection {
     this.api = kc.makeApiClient(k8s.CoordinationV1Api);
   }
 
-  /** Resolves once this process leads; `onLost` runs if it ever stops leading. */
+  /** Stops campaigning (a pending `acquire` returns without leading). */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** Resolves once this process leads (or `stop` was called); `onLost` runs if it stops leading. */
   async acquire(onLost: () => void): Promise<void> {
     while (!this.stopped) {
-      if (await this.tryAcquireOrRenew().catch((err) => this.warn(err))) {
+      if ((await this.tryAcquireOrRenew().catch((err) => this.warn(err))) === true) {
         this.leading = true;
+        this.lastRenewed = Date.now();
         this.log.info({ lease: this.options.name, identity: this.options.identity }, "became leader");
+        let renewing = false;
+        // A failed renewal is retried (a busy apiserver is not a lost Lease) until the renew
+        // deadline, two thirds of the Lease, passes; another holder ends leadership at once.
+        const deadline = (this.options.leaseSeconds * 1000 * 2) / 3;
+        const lose = (reason: string) => {
+          if (!this.leading || this.stopped) return;
+          this.leading = false;
+          clearInterval(this.timer);
+          this.log.error({ lease: this.options.name, reason }, "lost leadership");
+          onLost();
+        };
         this.timer = setInterval(async () => {
-          const ok = await this.tryAcquireOrRenew().catch((err) => this.warn(err));
-          if (!ok && this.leading && !this.stopped) {
-            this.leading = false;
-            clearInterval(this.timer);
-            this.log.error({ lease: this.options.name }, "lost leadership");
-            onLost();
+          if (renewing) {
+            if (Date.now() - this.lastRenewed > deadline) lose("renew deadline passed");
+            return;
           }
+          renewing = true;
+          const result = await this.tryAcquireOrRenew().catch((err) => this.warn(err));
+          renewing = false;
+          if (result === true) this.lastRenewed = Date.now();
+          else if (result === "taken") lose("another holder");
+          else if (Date.now() - this.lastRenewed > deadline) lose("renew deadline passed");
         }, this.options.retrySeconds * 1000);
         return;
       }
@@ -56,7 +77,8 @@ export class LeaderElection {
     return false;
   }
 
-  private async tryAcquireOrRenew(): Promise<boolean> {
+  /** true: we hold the Lease now; "taken": another live holder has it. */
+  private async tryAcquireOrRenew(): Promise<true | "taken"> {
     const { namespace, name, identity, leaseSeconds } = this.options;
     const now = new k8s.V1MicroTime(Date.now());
     let lease: k8s.V1Lease;
@@ -83,7 +105,7 @@ export class LeaderElection {
     const holder = spec.holderIdentity;
     const renewed = spec.renewTime ? new Date(spec.renewTime).getTime() : 0;
     const expired = renewed + (spec.leaseDurationSeconds ?? leaseSeconds) * 1000 < Date.now();
-    if (holder && holder !== identity && !expired) return false;
+    if (holder && holder !== identity && !expired) return "taken";
     const takeover = holder !== identity;
     lease.spec = {
       ...spec,

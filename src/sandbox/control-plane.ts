@@ -417,7 +417,10 @@ export class ControlPlane {
     const base = `http://127.0.0.1:${this.ports.etcd}/v3/kv`;
     const range = await fetch(`${base}/range`, { method: "POST", body: JSON.stringify({ key: "AA==" }) });
     const revision = Number(((await range.json()) as { header: { revision: string } }).header.revision);
-    const res = await fetch(`${base}/compaction`, { method: "POST", body: JSON.stringify({ revision, physical: true }) });
+    const res = await fetch(`${base}/compaction`, {
+      method: "POST",
+      body: JSON.stringify({ revision, physical: true }),
+    });
     if (!res.ok) throw new Error(`etcd compaction failed: HTTP ${res.status}`);
     return revision;
   }

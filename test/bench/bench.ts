@@ -83,6 +83,19 @@ async function main(): Promise<void> {
   const dsas = new ResourceClient(kc, DEVICE_SPIN_APPS, "bench");
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const children: ChildProcess[] = [];
+  const cleanup = async () => {
+    for (const c of children) c.kill("SIGTERM");
+    await new Promise((r) => setTimeout(r, 1000));
+    await sim.close();
+    await broker.stop();
+    await usb.dispose();
+    await cp.stop();
+  };
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => {
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
   try {
     await core.createNamespace({ body: { metadata: { name: "bench" } } });
     await applyObject(kc, spinAppExecutor("bench"), "bench");
@@ -210,12 +223,7 @@ async function main(): Promise<void> {
     devices.stop();
     spinApps.stop();
   } finally {
-    for (const c of children) c.kill("SIGTERM");
-    await new Promise((r) => setTimeout(r, 1000));
-    await sim.close();
-    await broker.stop();
-    await usb.dispose();
-    await cp.stop();
+    await cleanup();
   }
 }
 

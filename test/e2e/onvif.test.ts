@@ -57,6 +57,24 @@ function lastSetSize(agent: { entries(): Record<string, unknown>[] }, configurat
 
 const only = (...ids: string[]) => ({ uuids: { action: "Include", items: ids } });
 
+/** Waits until the configuration has no Device; on timeout the failure shows what is left and the agents' device log lines. */
+async function untilGone(configuration: string, what: string, agents: { log(): string }[]): Promise<void> {
+  try {
+    await eventually(what, async () => (await devicesOf(configuration)).length === 0, 20_000);
+  } catch (err) {
+    const left = (await devicesOf(configuration)).map((d) => ({ name: d.metadata.name, nodes: d.spec.nodes }));
+    const logs = agents.map((a) =>
+      a
+        .log()
+        .split("\n")
+        .filter((l) => l.includes(configuration) || l.includes('"device'))
+        .slice(-12)
+        .join("\n"),
+    );
+    throw new Error(`${(err as Error).message}\nleft: ${JSON.stringify(left)}\n${logs.join("\n----\n")}`);
+  }
+}
+
 describe("onvif over loopback multicast: fake cameras on 127.0.0.x, a real agent", () => {
   const run = randomBytes(3).toString("hex");
   const cameras: FakeCamera[] = [];
@@ -130,11 +148,7 @@ describe("onvif over loopback multicast: fake cameras on 127.0.0.x, a real agent
 
     const byeAt = Date.now();
     await cam.stop();
-    await eventually(
-      "the Device to go after Bye + grace",
-      async () => (await devicesOf("onvif-hello")).length === 0,
-      20_000,
-    );
+    await untilGone("onvif-hello", "the Device to go after Bye + grace", [agent]);
     expect(Date.now() - byeAt, "kept for offlineGraceSeconds").toBeGreaterThanOrEqual(2000);
   });
 
@@ -149,7 +163,7 @@ describe("onvif over loopback multicast: fake cameras on 127.0.0.x, a real agent
 
     const silentAt = Date.now();
     await cam.stop({ bye: false });
-    await eventually("the Device to go", async () => (await devicesOf("onvif-silence")).length === 0, 20_000);
+    await untilGone("onvif-silence", "the Device to go after silence + grace", [agent]);
     expect(Date.now() - silentAt, "a probe round plus the grace period").toBeGreaterThanOrEqual(2000);
     expect(agent.log()).toMatch(/no longer reported; keeping it for its grace period/);
   });
@@ -338,7 +352,7 @@ describe("onvif across network namespaces: one camera, two agents in two namespa
     const byeAt = Date.now();
     cam.send("stop");
     await cam.line(/"stopped"/);
-    await eventually("the shared Device to go", async () => (await devicesOf(configName)).length === 0, 20_000);
+    await untilGone(configName, "the shared Device to go after Bye + grace", agents);
     expect(Date.now() - byeAt, "kept for offlineGraceSeconds").toBeGreaterThanOrEqual(2000);
   });
 });
