@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { MAX_PROPERTY_VALUE, PROPERTY_NAME } from "../src/api/device.js";
+import { fuzzRuns } from "../test/fuzz.js";
 import { boundProperties, propertyName, propertyValue } from "./sanitize.js";
 
 describe("sanitize", () => {
@@ -24,7 +25,7 @@ describe("sanitize", () => {
         expect(v.length).toBeLessThanOrEqual(MAX_PROPERTY_VALUE);
         expect(v).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/);
       }),
-      { numRuns: 3000 },
+      { numRuns: fuzzRuns(3000, "names and property values") },
     );
     fc.assert(
       fc.property(
@@ -35,7 +36,7 @@ describe("sanitize", () => {
           for (const k of Object.keys(out)) expect(k).toMatch(PROPERTY_NAME);
         },
       ),
-      { numRuns: 500 },
+      { numRuns: fuzzRuns(500, "names and property values") },
     );
   });
 });

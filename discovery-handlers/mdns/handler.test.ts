@@ -4,6 +4,7 @@ import fc from "fast-check";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { MAX_PROPERTIES, MAX_PROPERTY_VALUE, PROPERTY_NAME } from "../../src/api/device.js";
+import { fuzzRuns } from "../../test/fuzz.js";
 import type { DiscoveredDevice } from "../handler.js";
 import { type MdnsDetails, mdnsDetails, serviceTypes } from "./details.js";
 import { mdnsHandler, toDevice } from "./handler.js";
@@ -280,7 +281,7 @@ describe("hostile services", () => {
           expect(device.properties.MDNS_TYPE).toBe("_http._tcp");
         },
       ),
-      { numRuns: 300 },
+      { numRuns: fuzzRuns(300, "mDNS service records") },
     );
   });
 });

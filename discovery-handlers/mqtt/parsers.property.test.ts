@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, it } from "vitest";
 import { MAX_PROPERTY_VALUE, PROPERTY_NAME } from "../../src/api/device.js";
+import { fuzzRuns } from "../../test/fuzz.js";
 import { type Convention, type ConventionDevice, MAX_DEVICE_ID, type MqttMessage } from "./common.js";
 import { HomeAssistantConvention, parseHomeAssistantMessage } from "./home-assistant.js";
 import { HomieConvention, parseHomieMessage } from "./homie.js";
@@ -13,7 +14,6 @@ import { parseTopicMessage, TopicConvention } from "./topics.js";
  * not throw, and what they publish must stay bounded and printable.
  */
 
-const RUNS = 3000;
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
@@ -177,7 +177,7 @@ function runConvention(make: () => Convention, messages: fc.Arbitrary<MqttMessag
       convention.nextChange(now);
       assertBounded(convention.devices(now));
     }),
-    { numRuns: RUNS / 3 },
+    { numRuns: fuzzRuns(1000, "MQTT conventions") },
   );
 }
 
@@ -207,7 +207,7 @@ describe("Home Assistant parser on random input", () => {
           }
         }
       }),
-      { numRuns: RUNS },
+      { numRuns: fuzzRuns(3000, "MQTT conventions") },
     );
   });
 
@@ -237,7 +237,7 @@ describe("Homie parser on random input", () => {
       fc.property(topic, payload, fc.boolean(), (t, p, retained) => {
         parseHomieMessage(t, p, retained, options);
       }),
-      { numRuns: RUNS },
+      { numRuns: fuzzRuns(3000, "MQTT conventions") },
     );
   });
 
@@ -300,7 +300,7 @@ describe("Sparkplug parser on random input", () => {
       fc.property(topic, sparkplugPayload, fc.boolean(), (t, p, retained) => {
         parseSparkplugMessage(t, p, retained, {});
       }),
-      { numRuns: RUNS },
+      { numRuns: fuzzRuns(3000, "MQTT conventions") },
     );
   });
 
@@ -324,7 +324,7 @@ describe("plain topic parser on random input", () => {
       fc.property(anyTopic, payload, fc.boolean(), (t, p, retained) => {
         parseTopicMessage(t, p, retained, patterns);
       }),
-      { numRuns: RUNS },
+      { numRuns: fuzzRuns(3000, "MQTT conventions") },
     );
   });
 

@@ -290,7 +290,7 @@ function responseBody(xml: string, element: string, maxChars: number): XmlNode |
   return xmlPath(parsed.value, "Envelope", "Body", element);
 }
 
-function deviceInformation(xml: string, maxChars: number): Partial<CameraDetails> | undefined {
+export function deviceInformation(xml: string, maxChars: number): Partial<CameraDetails> | undefined {
   const body = responseBody(xml, "GetDeviceInformationResponse", maxChars);
   if (body === undefined) return undefined;
   const field = (name: string) => text(xmlPath(body, name));
@@ -309,7 +309,7 @@ function deviceInformation(xml: string, maxChars: number): Partial<CameraDetails
   return out;
 }
 
-function networkInterfaces(xml: string, maxChars: number): NetworkInterfaceInfo[] | undefined {
+export function networkInterfaces(xml: string, maxChars: number): NetworkInterfaceInfo[] | undefined {
   const body = responseBody(xml, "GetNetworkInterfacesResponse", maxChars);
   if (body === undefined) return undefined;
   const out: NetworkInterfaceInfo[] = [];

@@ -1,5 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { fuzzRuns } from "../../test/fuzz.js";
 import { billionLaughs } from "./fake-camera.js";
 import {
   buildBye,
@@ -258,7 +259,7 @@ describe("WS-Discovery messages", () => {
         const hello = parseHello(raw);
         if (hello.ok) checkBounded(hello.value);
       }),
-      { numRuns: 3000 },
+      { numRuns: fuzzRuns(3000, "WS-Discovery messages") },
     );
   });
 

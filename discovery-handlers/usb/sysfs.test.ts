@@ -4,6 +4,7 @@ import path from "node:path";
 import fc from "fast-check";
 import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
+import { fuzzRuns } from "../../test/fuzz.js";
 import { UsbFixture } from "./mock.js";
 import { MAX_USB_STRING, readSysfs, toDiscovered } from "./sysfs.js";
 
@@ -229,7 +230,7 @@ describe("untrusted attributes", () => {
           }
         }
       }),
-      { numRuns: 150 },
+      { numRuns: fuzzRuns(150, "sysfs attributes") },
     );
     expect(produced).toBeGreaterThan(20);
   });

@@ -13,8 +13,10 @@ import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
 import { applyObject } from "../../src/k8s/client.js";
 import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, ResourceClient } from "../../src/k8s/resources.js";
 import { ControlPlane, EXECUTOR, spinAppExecutor } from "../../src/sandbox/control-plane.js";
+import { freePort } from "../../src/sandbox/processes.js";
 
 const SCALE = Number(process.env.BENCH_DEVICES ?? 1000);
+const LARGE = Number(process.env.BENCH_LARGE_DEVICES ?? 10000);
 const BIN = resolve(import.meta.dirname, "../../bin/spindle.js");
 
 function report(figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
@@ -37,6 +39,13 @@ async function until(what: string, check: () => boolean | Promise<boolean>, time
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return Number(m?.[1] ?? 0) / 1024;
+}
+
+/** V8 heap in use, from the process's own /metrics. */
+async function heapMiB(port: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const m = /^spindle_process_nodejs_heap_size_used_bytes (\S+)/m.exec(text);
+  return Number(m?.[1] ?? Number.NaN) / 1024 / 1024;
 }
 
 function cpuSeconds(pid: number): number {
@@ -99,8 +108,10 @@ async function main(): Promise<void> {
   try {
     await core.createNamespace({ body: { metadata: { name: "bench" } } });
     await applyObject(kc, spinAppExecutor("bench"), "bench");
-    const agent = spindle(["agent", "--node", "edge-1"], cp.kubeconfigPath);
-    const controller = spindle(["controller"], cp.kubeconfigPath);
+    const agentPort = await freePort();
+    const controllerPort = await freePort();
+    const agent = spindle(["agent", "--node", "edge-1", "--http-address", `127.0.0.1:${agentPort}`], cp.kubeconfigPath);
+    const controller = spindle(["controller", "--http-address", `127.0.0.1:${controllerPort}`], cp.kubeconfigPath);
     children.push(agent, controller);
     const dc = (name: string, handler: string, details: Record<string, unknown>, capacity = 1) =>
       configs.apply({
@@ -206,8 +217,15 @@ async function main(): Promise<void> {
       seconds: Math.round(seconds),
       ratio_of_raw_creates: Math.round(((SCALE * 3) / seconds / rawRate) * 100) / 100,
     });
-    report("agent_rss", rssMiB(agent.pid!), "MiB", { devices: SCALE + 100 });
-    report("controller_rss", rssMiB(controller.pid!), "MiB", { devices: SCALE + 100, spinApps: SCALE + 50 });
+    report("agent_rss", rssMiB(agent.pid!), "MiB", {
+      devices: SCALE + 100,
+      heap_used_mib: Math.round(await heapMiB(agentPort)),
+    });
+    report("controller_rss", rssMiB(controller.pid!), "MiB", {
+      devices: SCALE + 100,
+      spinApps: SCALE + 50,
+      heap_used_mib: Math.round(await heapMiB(controllerPort)),
+    });
 
     // 4. Steady state: nothing changes for 60 s -> API writes (watch events) and CPU.
     await new Promise((r) => setTimeout(r, 5000));
@@ -219,6 +237,49 @@ async function main(): Promise<void> {
     });
     report("agent_cpu_steady", ((cpuSeconds(agent.pid!) - cpuBefore) / 60) * 100, "% of one core", {
       devices: SCALE + 100,
+    });
+
+    // 5. Memory at LARGE devices: a second MQTT configuration with no DeviceSpinApp (so no
+    // SpinApps, which this machine could not run 10,000 of), on its own discovery prefix.
+    await configs.apply({
+      apiVersion: "spindle.dev/v1alpha1",
+      kind: "DeviceConfiguration",
+      metadata: { name: "bench-large" },
+      spec: {
+        discoveryHandler: {
+          name: "mqtt",
+          discoveryDetails: {
+            brokerUri: broker.url,
+            homeAssistantPrefix: "halarge",
+            conventions: { homie: false, sparkplug: false },
+          },
+        },
+        offlineGraceSeconds: 60,
+      },
+    } as never);
+    const largeStart = Date.now();
+    for (let i = 0; i < LARGE; i++) {
+      const id = `big_${i}`;
+      await client.publishAsync(
+        `halarge/sensor/${id}/config`,
+        JSON.stringify({ unique_id: id, state_topic: `sim/${id}/state` }),
+        { retain: true, qos: 0 },
+      );
+    }
+    await until(
+      `${LARGE} large Devices`,
+      () => [...devices.seen.keys()].filter((k) => k.startsWith("big_")).length >= LARGE,
+      1_800_000,
+    );
+    report("agent_publish_rate_large", LARGE / ((Date.now() - largeStart) / 1000), "devices/s", { n: LARGE });
+    await new Promise((r) => setTimeout(r, 10_000));
+    report("agent_rss_large", rssMiB(agent.pid!), "MiB", {
+      devices: LARGE + SCALE + 100,
+      heap_used_mib: Math.round(await heapMiB(agentPort)),
+    });
+    report("controller_rss_large", rssMiB(controller.pid!), "MiB", {
+      devices: LARGE + SCALE + 100,
+      heap_used_mib: Math.round(await heapMiB(controllerPort)),
     });
     devices.stop();
     spinApps.stop();

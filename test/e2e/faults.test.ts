@@ -12,6 +12,7 @@ import {
 } from "../../src/k8s/resources.js";
 import { ControlPlane, EXECUTOR } from "../../src/sandbox/control-plane.js";
 import { freePort } from "../../src/sandbox/processes.js";
+import { recordFigure } from "../figures.js";
 import { eventually } from "./cluster.js";
 import { SpindleProcess } from "./spindle-process.js";
 
@@ -137,11 +138,9 @@ describe("faults", () => {
     await cp.restartComponent("etcd");
     await cp.compactEtcd();
     await cp.restartComponent("kube-apiserver");
-    await eventually(
-      "s2..s5 with one SpinApp each, s1 gone, no duplicates",
-      () => converged(["s2", "s3", "s4", "s5"]),
-      120_000,
-    );
+    const restarted = Date.now();
+    await waitConverged("s2..s5 with one SpinApp each, s1 gone, no duplicates", ["s2", "s3", "s4", "s5"], 120_000);
+    recordFigure("convergence after apiserver+etcd restart", (Date.now() - restarted) / 1000, "s");
   });
 
   it("keeps every SpinApp when the MQTT broker restarts within the grace period", async () => {
@@ -161,7 +160,9 @@ describe("faults", () => {
       60_000,
     );
     await broker.startProcess();
+    const back = Date.now();
     await waitConverged("everything back", ["s2", "s3", "s4", "s5"], 60_000);
+    recordFigure("recovery after broker outage beyond grace", (Date.now() - back) / 1000, "s");
   });
 
   it("creates at most one SpinApp while a device flaps every second, with a bounded write rate", async () => {
@@ -181,9 +182,7 @@ describe("faults", () => {
     await device.setAvailable(true);
     const minutes = (Date.now() - started) / 60_000;
     const rate = (await writes()) - writesBefore;
-    process.stderr.write(
-      `[faults] flapping: ${rate} agent API writes in ${(minutes * 60).toFixed(0)} s (${(rate / minutes).toFixed(0)}/min)\n`,
-    );
+    recordFigure("agent API writes while a device flaps every second", Math.round(rate / minutes), "writes/min");
     // Within the grace period a flap only reschedules timers: no teardown, no new SpinApp.
     const now = (await appsByDevice()).items.filter(
       (s) => s.metadata?.labels?.["spindle.dev/device"] === app.metadata?.labels?.["spindle.dev/device"],
@@ -236,9 +235,7 @@ describe("faults", () => {
       },
     );
     const takeover = (Date.now() - killedAt) / 1000;
-    process.stderr.write(
-      `[faults] leader killed -> standby bound a new device in ${takeover.toFixed(1)} s (lease 3 s)\n`,
-    );
+    recordFigure("leader killed -> standby binds a new device (lease 3 s)", Number(takeover.toFixed(1)), "s");
     const holder = (
       await kc.makeApiClient(k8s.CoordinationV1Api).readNamespacedLease({ name: "spindle-controller", namespace: NS })
     ).spec?.holderIdentity;

@@ -101,7 +101,19 @@ describe("mdns across network namespaces: a service advertised and withdrawn els
     const goodbyeAt = Date.now();
     advertiser.send("stop");
     await advertiser.line(/"stopped"/);
-    await eventually("the Device to go after goodbye + grace", async () => (await devicesOf()).length === 0, 20_000);
+    await eventually(
+      "the Device to go after goodbye + grace",
+      async () => (await devicesOf()).length === 0,
+      20_000,
+    ).catch(async (err: Error) => {
+      const left = (await devicesOf()).map((d) => ({ name: d.metadata.name, nodes: d.spec.nodes }));
+      const lines = agent
+        .log()
+        .split("\n")
+        .filter((l) => l.includes(configName) || l.includes('"device'))
+        .slice(-12);
+      throw new Error(`${err.message}\nleft: ${JSON.stringify(left)}\n${lines.join("\n")}`);
+    });
     expect(Date.now() - goodbyeAt, "kept for offlineGraceSeconds").toBeGreaterThanOrEqual(2000);
     expect(agent.log()).toMatch(/no longer reported; keeping it for its grace period/);
   });
