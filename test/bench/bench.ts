@@ -61,7 +61,11 @@ function spindle(args: string[], kubeconfig: string): ChildProcess {
   });
 }
 
-/** Watches a collection, recording when each object was first seen and counting every event. */
+/**
+ * Watches a collection, recording when each object was first seen and counting every event. A
+ * watch that ends (the apiserver closes watches after a while) resumes from the last
+ * resourceVersion, so no event is missed or counted twice.
+ */
 async function watchFirstSeen(
   kc: k8s.KubeConfig,
   path: string,
@@ -69,17 +73,35 @@ async function watchFirstSeen(
 ) {
   const seen = new Map<string, number>();
   let events = 0;
-  const req = await new k8s.Watch(kc).watch(
-    path,
-    {},
-    (_type, obj: Record<string, unknown>) => {
-      events++;
-      const k = key(obj);
-      if (k && !seen.has(k)) seen.set(k, Date.now());
+  let resourceVersion: string | undefined;
+  let stopped = false;
+  let request: { abort(): void } | undefined;
+  const start = async (): Promise<void> => {
+    request = await new k8s.Watch(kc).watch(
+      path,
+      resourceVersion ? { resourceVersion, allowWatchBookmarks: true } : { allowWatchBookmarks: true },
+      (type, obj: Record<string, unknown>) => {
+        resourceVersion =
+          (obj.metadata as { resourceVersion?: string } | undefined)?.resourceVersion ?? resourceVersion;
+        if (type === "BOOKMARK") return;
+        events++;
+        const k = key(obj);
+        if (k && !seen.has(k)) seen.set(k, Date.now());
+      },
+      () => {
+        if (!stopped) setTimeout(() => void start().catch(() => undefined), 100);
+      },
+    );
+  };
+  await start();
+  return {
+    seen,
+    events: () => events,
+    stop: () => {
+      stopped = true;
+      request?.abort();
     },
-    () => undefined,
-  );
-  return { seen, events: () => events, stop: () => req.abort() };
+  };
 }
 
 async function main(): Promise<void> {
