@@ -6,6 +6,7 @@ declare module "vitest" {
     kubeconfig: string;
     kubectl: string;
     sandboxDir: string;
+    sandboxPids: number[];
   }
 }
 
@@ -20,5 +21,6 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide("kubeconfig", cp.kubeconfigPath);
   project.provide("kubectl", cp.kubectlPath);
   project.provide("sandboxDir", cp.dir);
+  project.provide("sandboxPids", cp.processIds());
   return () => cp.stop();
 }

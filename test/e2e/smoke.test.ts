@@ -1,5 +1,6 @@
+import { execFile } from "node:child_process";
 import * as k8s from "@kubernetes/client-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { KINDS } from "../../src/api/crds.js";
 import { type SpinApp, spinApp } from "../../src/api/spin-app.js";
 import { errorMessage } from "../../src/k8s/client.js";
@@ -130,6 +131,59 @@ describe("sandbox control plane", () => {
       expect(errorMessage(err)).toMatch(message);
     });
   }
+
+  const invalidApps: [string, Record<string, unknown>, RegExp][] = [
+    ["an empty deviceConfiguration", { deviceConfiguration: "" }, /deviceConfiguration must not be empty/],
+    ["maxApps 0", { maxApps: 0 }, /spec.maxApps: Invalid value: 0/],
+    [
+      "a variable name Spin cannot use",
+      { variables: [{ name: "Camera__URL", fromProperty: "X" }] },
+      /spec.variables\[0\].name/,
+    ],
+    [
+      "In without values",
+      { selector: { matchExpressions: [{ property: "A", operator: "In" }] } },
+      /In and NotIn need values/,
+    ],
+    ["no template", { template: undefined }, /spec.template: Required value/],
+  ];
+  for (const [what, override, message] of invalidApps) {
+    it(`rejects a DeviceSpinApp with ${what}, saying why`, async () => {
+      const spec = { deviceConfiguration: "cams", template: { spec: { image: "x", executor: EXECUTOR } }, ...override };
+      const body = {
+        apiVersion: "spindle.dev/v1alpha1",
+        kind: "DeviceSpinApp",
+        metadata: { name: "bad-app", namespace: ns.name },
+        spec,
+      };
+      const err = await custom
+        .createNamespacedCustomObject({
+          ...G,
+          plural: "devicespinapps",
+          namespace: ns.name,
+          body,
+          fieldValidation: "Strict",
+        })
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      expect(err, "the apiserver accepted it").toBeDefined();
+      expect(errorMessage(err)).toMatch(message);
+    });
+  }
+
+  it("binds every control-plane listener to 127.0.0.1", async () => {
+    const ss = await new Promise<string>((resolve, reject) =>
+      execFile("ss", ["-ltnupH"], (err, stdout) =>
+        err ? reject(new Error(`ss failed (install iproute2): ${err.message}`)) : resolve(stdout),
+      ),
+    );
+    const pids = new Set(inject("sandboxPids"));
+    const ours = ss.split("\n").filter((line) => [...line.matchAll(/pid=(\d+)/g)].some((m) => pids.has(Number(m[1]))));
+    expect(ours.length, "listeners of the sandbox processes").toBeGreaterThan(5);
+    for (const line of ours) expect(line, "a listener outside loopback").toMatch(/\s127\.0\.0\.1:\d+\s/);
+  });
 
   it("rejects a name that is not DNS-1123", async () => {
     const body = {
