@@ -189,13 +189,19 @@ export class DevicePublisher {
 
   private scheduleGrace(name: string, ms: number): void {
     this.clearGrace(name);
-    this.graceTimers.set(
-      name,
-      setTimeout(() => {
-        this.graceTimers.delete(name);
-        this.queue.add(name);
-      }, ms),
-    );
+    // setTimeout may fire a millisecond before Date.now() reaches the deadline; then wanted()
+    // would still say "keep" and nothing would look again. Re-arm until the deadline has passed.
+    const deadline = Date.now() + ms;
+    const fire = () => {
+      const left = deadline - Date.now();
+      if (left > 0) {
+        this.graceTimers.set(name, setTimeout(fire, left));
+        return;
+      }
+      this.graceTimers.delete(name);
+      this.queue.add(name);
+    };
+    this.graceTimers.set(name, setTimeout(fire, ms));
   }
 
   private clearGrace(name: string): void {

@@ -48,6 +48,12 @@ async function heapMiB(port: number): Promise<number> {
   return Number(m?.[1] ?? Number.NaN) / 1024 / 1024;
 }
 
+/** Spindle's own API writes so far, from a process's /metrics. */
+async function apiWrites(port: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  return [...text.matchAll(/^spindle_api_writes_total\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+}
+
 function cpuSeconds(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime in clock ticks (100 Hz)
@@ -249,14 +255,15 @@ async function main(): Promise<void> {
       heap_used_mib: Math.round(await heapMiB(controllerPort)),
     });
 
-    // 4. Steady state: nothing changes for 60 s -> API writes (watch events) and CPU.
+    // 4. Steady state: no device changes for 60 s -> Spindle's own API writes (the agent's and
+    // controller's spindle_api_writes_total) and agent CPU. spin-operator may still be rolling
+    // out Deployments and updating SpinApp status; its writes are not Spindle's.
     await new Promise((r) => setTimeout(r, 5000));
-    const eventsBefore = devices.events() + spinApps.events();
+    const writesBefore = (await apiWrites(agentPort)) + (await apiWrites(controllerPort));
     const cpuBefore = cpuSeconds(agent.pid!);
     await new Promise((r) => setTimeout(r, 60_000));
-    report("steady_state_writes", devices.events() + spinApps.events() - eventsBefore, "writes/min", {
-      watched: "Devices, SpinApps",
-    });
+    const steady = (await apiWrites(agentPort)) + (await apiWrites(controllerPort)) - writesBefore;
+    report("steady_state_writes", steady, "writes/min", { counted: "agent + controller spindle_api_writes_total" });
     report("agent_cpu_steady", ((cpuSeconds(agent.pid!) - cpuBefore) / 60) * 100, "% of one core", {
       devices: SCALE + 100,
     });
