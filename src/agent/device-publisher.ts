@@ -21,6 +21,8 @@ interface Observed {
   shared: boolean;
   identity: string;
   properties: Record<string, string>;
+  /** The handler's properties as reported, to skip unchanged devices cheaply. */
+  raw: Record<string, string>;
   problem?: string;
   /** undefined while the handler reports it; else when it stopped (ms since epoch). */
   missingSince?: number;
@@ -92,6 +94,7 @@ export class DevicePublisher {
         shared: d.spec.shared,
         identity: d.spec.id,
         properties: this.ownProperties(d, configuration),
+        raw: {},
         missingSince: now,
       });
       this.scheduleGrace(name, configuration.spec.offlineGraceSeconds * 1000);
@@ -112,16 +115,36 @@ export class DevicePublisher {
     const seen = new Set<string>();
     for (const device of set) {
       const identity = deviceIdentity(device.id, shared, this.nodeName);
-      const name = deviceName(configName, identity);
+      const name = this.nameOf(configName, identity);
       if (seen.has(name)) continue;
       seen.add(name);
-      const properties = boundProperties(device.properties);
       const before = this.observed.get(name);
-      const next: Observed = { configuration, handler, shared, identity, properties, problem: device.problem };
+      // Most of a set is unchanged: keep those entries as they are (no hashing, no copies).
+      if (
+        before &&
+        before.missingSince === undefined &&
+        before.configuration === configuration &&
+        before.raw === device.properties
+      ) {
+        continue;
+      }
+      const properties =
+        before && sameRecord(before.raw, device.properties) ? before.properties : boundProperties(device.properties);
+      const next: Observed = {
+        configuration,
+        handler,
+        shared,
+        identity,
+        properties,
+        raw: device.properties,
+        problem: device.problem,
+      };
       this.track(name, next);
       this.clearGrace(name);
-      if (!before || before.missingSince !== undefined || !sameRecord(before.properties, properties))
+      if (!before || before.missingSince !== undefined || !sameRecord(before.properties, properties)) {
+        if (!this.reportedAt.has(name)) this.reportedAt.set(name, now);
         this.queue.add(name);
+      }
       if (device.problem && before?.problem !== device.problem) {
         this.log.warn(
           { device: name, configuration: configName, problem: device.problem },
@@ -172,6 +195,19 @@ export class DevicePublisher {
     }
   }
 
+  /** Device names by configuration and identity: a set repeats the same devices over and over. */
+  private names = new Map<string, string>();
+
+  private nameOf(configName: string, identity: string): string {
+    const key = `${configName}\0${identity}`;
+    let name = this.names.get(key);
+    if (!name) {
+      name = deviceName(configName, identity);
+      this.names.set(key, name);
+    }
+    return name;
+  }
+
   private track(name: string, o: Observed): void {
     this.observed.set(name, o);
     const configName = o.configuration.metadata.name!;
@@ -182,7 +218,10 @@ export class DevicePublisher {
 
   private forget(name: string): void {
     const o = this.observed.get(name);
-    if (o) this.byConfiguration.get(o.configuration.metadata.name!)?.delete(name);
+    if (o) {
+      this.byConfiguration.get(o.configuration.metadata.name!)?.delete(name);
+      this.names.delete(`${o.configuration.metadata.name}\0${o.identity}`);
+    }
     this.observed.delete(name);
     this.clearGrace(name);
   }
@@ -300,6 +339,8 @@ export class DevicePublisher {
         const applied = await this.devices.apply(desired);
         apiWrites.inc({ resource: "devices", verb: "apply" });
         this.written.set(name, applied);
+        const reported = this.reportedAt.get(name);
+        if (reported !== undefined) discoveryLatency.observe((Date.now() - reported) / 1000);
         this.log.info(
           { device: name, configuration: desired.spec.configurationName, nodes: applied.spec.nodes },
           current ? "device updated" : "device published",

@@ -167,10 +167,11 @@ export class Controller {
       set.add(s.metadata?.labels?.[DEVICE_LABEL] ?? "");
       bound.set(key, set);
     }
+    const byName = new Map(devices.map((d) => [d.metadata.name!, d]));
     const desired = desiredState(
       dsas,
       devices,
-      (name) => devices.find((d) => d.metadata.name === name)?.status?.allocations ?? [],
+      (name) => byName.get(name)?.status?.allocations ?? [],
       (key) => bound.get(key) ?? new Set(),
     );
 

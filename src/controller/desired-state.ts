@@ -1,7 +1,7 @@
 import type { Allocation, Device } from "../api/device.js";
 import type { DeviceSpinApp, PropertySelector } from "../api/device-spin-app.js";
 import type { SpinApp } from "../api/spin-app.js";
-import { buildSpinApp } from "./spin-app-builder.js";
+import { buildSpinAppCached } from "./spin-app-builder.js";
 
 export interface Binding {
   dsaKey: string;
@@ -92,7 +92,7 @@ export function desiredState(
       const name = device.metadata.name!;
       summary.matched.push(name);
       if (summary.bound.length >= max) continue;
-      const built = buildSpinApp(dsa, device);
+      const built = buildSpinAppCached(dsa, device);
       if (!built.ok) {
         summary.invalidTemplate = built.reason;
         continue;

@@ -93,3 +93,24 @@ export function buildSpinApp(dsa: DeviceSpinApp, device: Device): BuildResult {
   parsed.data.metadata.annotations = { ...parsed.data.metadata.annotations, [SPEC_HASH_ANNOTATION]: hash };
   return { ok: true, spinApp: parsed.data };
 }
+
+const built = new Map<string, BuildResult>();
+
+/**
+ * buildSpinApp, remembered per DeviceSpinApp and Device spec (uid + generation; status writes do
+ * not change a generation). The controller rebuilds the whole desired state on every change, so
+ * this keeps a reconcile of 10,000 devices from re-validating 10,000 SpinApps each time.
+ */
+export function buildSpinAppCached(dsa: DeviceSpinApp, device: Device): BuildResult {
+  const { uid: du, generation: dg } = dsa.metadata;
+  const { uid: vu, generation: vg } = device.metadata;
+  if (!du || dg === undefined || !vu || vg === undefined) return buildSpinApp(dsa, device);
+  const key = `${du}/${dg}/${vu}/${vg}`;
+  let result = built.get(key);
+  if (!result) {
+    if (built.size >= 100_000) built.clear();
+    result = buildSpinApp(dsa, device);
+    built.set(key, result);
+  }
+  return result;
+}
