@@ -28,11 +28,16 @@ function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
 }
 
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 600_000): Promise<void> {
+async function until(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 600_000,
+  everyMs = 20,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, everyMs));
   }
 }
 
@@ -268,48 +273,6 @@ async function main(): Promise<void> {
       devices: SCALE + 100,
     });
 
-    // 5. Memory at LARGE devices: a second MQTT configuration with no DeviceSpinApp (so no
-    // SpinApps, which this machine could not run 10,000 of), on its own discovery prefix.
-    await configs.apply({
-      apiVersion: "spindle.dev/v1alpha1",
-      kind: "DeviceConfiguration",
-      metadata: { name: "bench-large" },
-      spec: {
-        discoveryHandler: {
-          name: "mqtt",
-          discoveryDetails: {
-            brokerUri: broker.url,
-            homeAssistantPrefix: "halarge",
-            conventions: { homie: false, sparkplug: false },
-          },
-        },
-        offlineGraceSeconds: 60,
-      },
-    } as never);
-    const largeStart = Date.now();
-    for (let i = 0; i < LARGE; i++) {
-      const id = `big_${i}`;
-      await client.publishAsync(
-        `halarge/sensor/${id}/config`,
-        JSON.stringify({ unique_id: id, state_topic: `sim/${id}/state` }),
-        { retain: true, qos: 0 },
-      );
-    }
-    await until(
-      `${LARGE} large Devices`,
-      () => [...devices.seen.keys()].filter((k) => k.startsWith("big_")).length >= LARGE,
-      1_800_000,
-    );
-    report("agent_publish_rate_large", LARGE / ((Date.now() - largeStart) / 1000), "devices/s", { n: LARGE });
-    await new Promise((r) => setTimeout(r, 10_000));
-    report("agent_rss_large", rssMiB(agent.pid!), "MiB", {
-      devices: LARGE + SCALE + 100,
-      heap_used_mib: Math.round(await heapMiB(agentPort)),
-    });
-    report("controller_rss_large", rssMiB(controller.pid!), "MiB", {
-      devices: LARGE + SCALE + 100,
-      heap_used_mib: Math.round(await heapMiB(controllerPort)),
-    });
     devices.stop();
     spinApps.stop();
   } finally {
@@ -317,5 +280,83 @@ async function main(): Promise<void> {
   }
 }
 
+/** The agent's own count of devices it publishes for one configuration (its /metrics). */
+async function publishedBy(port: number, configuration: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const m = new RegExp(`^spindle_devices\\{configuration="${configuration}"\\} (\\d+)`, "m").exec(text);
+  return Number(m?.[1] ?? 0);
+}
+
+/**
+ * Memory and steady state at LARGE devices, on a fresh sandbox: one MQTT configuration and no
+ * DeviceSpinApp (a 2-core sandbox cannot run 10,000 SpinApps' Deployments and pods as well).
+ */
+async function largeRun(): Promise<void> {
+  const cp = await ControlPlane.start({ log: (l) => process.stderr.write(`[sandbox] ${l}\n`) });
+  const broker = await startMosquitto();
+  const sim = new MqttDeviceSimulator({ url: broker.url });
+  const children: ChildProcess[] = [];
+  try {
+    const agentPort = await freePort();
+    const controllerPort = await freePort();
+    const agent = spindle(["agent", "--node", "edge-1", "--http-address", `127.0.0.1:${agentPort}`], cp.kubeconfigPath);
+    const controller = spindle(["controller", "--http-address", `127.0.0.1:${controllerPort}`], cp.kubeconfigPath);
+    children.push(agent, controller);
+    const client = await sim.connectClient();
+    for (let i = 0; i < LARGE; i++) {
+      const id = `big_${i}`;
+      await client.publishAsync(
+        `homeassistant/sensor/${id}/config`,
+        JSON.stringify({ unique_id: id, state_topic: `sim/${id}/state` }),
+        { retain: true, qos: 0 },
+      );
+    }
+    await new ResourceClient(cp.kubeConfig(), DEVICE_CONFIGURATIONS, "bench").apply({
+      apiVersion: "spindle.dev/v1alpha1",
+      kind: "DeviceConfiguration",
+      metadata: { name: "bench-large" },
+      spec: {
+        discoveryHandler: {
+          name: "mqtt",
+          discoveryDetails: { brokerUri: broker.url, conventions: { homie: false, sparkplug: false } },
+        },
+        offlineGraceSeconds: 60,
+      },
+    } as never);
+    const started = Date.now();
+    await until(
+      `${LARGE} Devices published`,
+      async () => (await publishedBy(agentPort, "bench-large").catch(() => 0)) >= LARGE,
+      1_800_000,
+      1000,
+    );
+    await until("the agent's queue to drain", async () => (await apiWrites(agentPort)) >= LARGE, 600_000, 1000);
+    report("agent_publish_large", LARGE / ((Date.now() - started) / 1000), "devices/s", {
+      n: LARGE,
+      note: "retained configs already on the broker",
+    });
+    await new Promise((r) => setTimeout(r, 20_000));
+    report("agent_rss_large", rssMiB(agent.pid!), "MiB", {
+      devices: LARGE,
+      heap_used_mib: Math.round(await heapMiB(agentPort)),
+    });
+    report("controller_rss_large", rssMiB(controller.pid!), "MiB", {
+      devices: LARGE,
+      heap_used_mib: Math.round(await heapMiB(controllerPort)),
+    });
+    const before = (await apiWrites(agentPort)) + (await apiWrites(controllerPort));
+    await new Promise((r) => setTimeout(r, 60_000));
+    const steady = (await apiWrites(agentPort)) + (await apiWrites(controllerPort)) - before;
+    report("steady_state_writes_large", steady, "writes/min", { devices: LARGE });
+  } finally {
+    for (const c of children) c.kill("SIGTERM");
+    await new Promise((r) => setTimeout(r, 1000));
+    await sim.close();
+    await broker.stop();
+    await cp.stop();
+  }
+}
+
 await main();
+if (LARGE > 0) await largeRun();
 process.exit(0);
