@@ -55,8 +55,37 @@ async function heapMiB(port: number): Promise<number> {
 
 /** Spindle's own API writes so far, from a process's /metrics. */
 async function apiWrites(port: number): Promise<number> {
+  return Object.values(await apiWritesBy(port)).reduce((a, b) => a + b, 0);
+}
+
+/** The same, by resource and verb ("devicespinapps/status apply": 3, ...). */
+async function apiWritesBy(port: number): Promise<Record<string, number>> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  return [...text.matchAll(/^spindle_api_writes_total\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^spindle_api_writes_total\{resource="([^"]+)",verb="([^"]+)"\} (\d+)/gm)) {
+    out[`${m[1]} ${m[2]}`] = Number(m[3]);
+  }
+  return out;
+}
+
+function difference(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(
+    Object.entries(after)
+      .map(([k, v]) => [k, v - (before[k] ?? 0)])
+      .filter(([, v]) => v !== 0),
+  );
+}
+
+async function readySpinApps(kc: k8s.KubeConfig): Promise<number> {
+  const list = (await kc
+    .makeApiClient(k8s.CustomObjectsApi)
+    .listNamespacedCustomObject({
+      group: "core.spinkube.dev",
+      version: "v1alpha1",
+      plural: "spinapps",
+      namespace: "bench",
+    })) as { items: { status?: { readyReplicas?: number } }[] };
+  return list.items.filter((s) => (s.status?.readyReplicas ?? 0) >= 1).length;
 }
 
 function cpuSeconds(pid: number): number {
@@ -264,11 +293,20 @@ async function main(): Promise<void> {
     // controller's spindle_api_writes_total) and agent CPU. spin-operator may still be rolling
     // out Deployments and updating SpinApp status; its writes are not Spindle's.
     await new Promise((r) => setTimeout(r, 5000));
-    const writesBefore = (await apiWrites(agentPort)) + (await apiWrites(controllerPort));
+    const agentBefore = await apiWritesBy(agentPort);
+    const controllerBefore = await apiWritesBy(controllerPort);
     const cpuBefore = cpuSeconds(agent.pid!);
     await new Promise((r) => setTimeout(r, 60_000));
-    const steady = (await apiWrites(agentPort)) + (await apiWrites(controllerPort)) - writesBefore;
-    report("steady_state_writes", steady, "writes/min", { counted: "agent + controller spindle_api_writes_total" });
+    const byResource = {
+      ...difference(await apiWritesBy(agentPort), agentBefore),
+      ...difference(await apiWritesBy(controllerPort), controllerBefore),
+    };
+    const steady = Object.values(byResource).reduce((a, b) => a + b, 0);
+    report("steady_state_writes", steady, "writes/min", {
+      by: byResource,
+      ready_spinapps: await readySpinApps(kc),
+      note: "devicespinapps/status writes follow SpinApp readiness, which spin-operator and KWOK are still rolling out",
+    });
     report("agent_cpu_steady", ((cpuSeconds(agent.pid!) - cpuBefore) / 60) * 100, "% of one core", {
       devices: SCALE + 100,
     });
