@@ -14,6 +14,13 @@ import { WorkQueue } from "./work-queue.js";
 
 export const CONFIGURATION_LABEL = "spindle.dev/configuration";
 
+/**
+ * Each advertised device adds two entries (capacity, allocatable) and their managed fields to the
+ * Node object, which every kubelet heartbeat rewrites and every node watcher receives; 1,000
+ * keeps a Node well under etcd's 1.5 MiB object limit.
+ */
+export const MAX_NODE_RESOURCES = 1000;
+
 /** What this node last heard of one device. */
 interface Observed {
   configuration: DeviceConfiguration;
@@ -48,6 +55,7 @@ export class DevicePublisher {
   private core: k8s.CoreV1Api;
   private advertised: Map<string, number> | undefined;
   private nodeTimer: NodeJS.Timeout | undefined;
+  private warnedResourceCap = false;
 
   constructor(
     kc: k8s.KubeConfig,
@@ -397,10 +405,19 @@ export class DevicePublisher {
   private async advertise(): Promise<void> {
     const want = new Map<string, number>();
     devicesPublished.reset();
-    for (const [name, o] of this.observed) {
+    let skipped = 0;
+    for (const [name, o] of [...this.observed].sort(([a], [b]) => a.localeCompare(b))) {
       if (!this.wanted(o)) continue;
-      want.set(extendedResourceName(name), o.configuration.spec.capacity);
       devicesPublished.inc({ configuration: o.configuration.metadata.name! });
+      if (want.size < MAX_NODE_RESOURCES) want.set(extendedResourceName(name), o.configuration.spec.capacity);
+      else skipped++;
+    }
+    if (skipped > 0 && !this.warnedResourceCap) {
+      this.warnedResourceCap = true;
+      this.log.warn(
+        { node: this.nodeName, advertised: MAX_NODE_RESOURCES, skipped },
+        "too many devices to advertise as extended resources on one node; the rest are published but cannot place SpinApps",
+      );
     }
     if (!this.advertised) {
       const node = await this.core.readNodeStatus({ name: this.nodeName });
