@@ -56,6 +56,8 @@ export class DevicePublisher {
   private advertised: Map<string, number> | undefined;
   private nodeTimer: NodeJS.Timeout | undefined;
   private warnedResourceCap = false;
+  private advertising = false;
+  private advertiseAgain = false;
 
   constructor(
     kc: k8s.KubeConfig,
@@ -390,14 +392,32 @@ export class DevicePublisher {
     this.log.info({ device: name, nodes: applied.spec.nodes }, "node left shared device");
   }
 
+  /**
+   * One node-status write at a time: changes that arrive while one is in flight are folded into
+   * a single follow-up (a large Node patch can take seconds, and piling them up starves the
+   * apiserver).
+   */
   private scheduleNodeResources(): void {
+    if (this.advertising) {
+      this.advertiseAgain = true;
+      return;
+    }
     if (this.nodeTimer) return;
     this.nodeTimer = setTimeout(() => {
       this.nodeTimer = undefined;
-      this.advertise().catch((err) => {
-        this.log.warn({ err: String(err) }, "advertising extended resources failed; retrying");
-        setTimeout(() => this.scheduleNodeResources(), 1000);
-      });
+      this.advertising = true;
+      this.advertise()
+        .catch((err) => {
+          this.log.warn({ err: String(err) }, "advertising extended resources failed; retrying");
+          this.advertiseAgain = true;
+        })
+        .finally(() => {
+          this.advertising = false;
+          if (this.advertiseAgain) {
+            this.advertiseAgain = false;
+            setTimeout(() => this.scheduleNodeResources(), 1000);
+          }
+        });
     }, 50);
   }
 
