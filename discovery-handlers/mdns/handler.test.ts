@@ -281,7 +281,7 @@ describe("hostile services", () => {
           expect(device.properties.MDNS_TYPE).toBe("_http._tcp");
         },
       ),
-      { numRuns: fuzzRuns(300, "mDNS service records") },
+      { numRuns: fuzzRuns(2000, "mDNS service records") },
     );
   });
 });

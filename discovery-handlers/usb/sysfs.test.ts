@@ -230,7 +230,7 @@ describe("untrusted attributes", () => {
           }
         }
       }),
-      { numRuns: fuzzRuns(150, "sysfs attributes") },
+      { numRuns: fuzzRuns(1000, "sysfs attributes") },
     );
     expect(produced).toBeGreaterThan(20);
   });
