@@ -63,18 +63,6 @@ export const spinApp = z.object({
       .max(SPINAPP_NAME_MAX)
       .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must be a DNS-1123 label"),
     namespace: z.string().min(1),
-    ownerReferences: z
-      .array(
-        z.strictObject({
-          apiVersion: z.string(),
-          kind: z.string(),
-          name: z.string(),
-          uid: z.string(),
-          controller: z.boolean().optional(),
-          blockOwnerDeletion: z.boolean().optional(),
-        }),
-      )
-      .optional(),
   }),
   spec: spinAppSpec,
 });

@@ -1,7 +1,7 @@
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { request } from "node:https";
+import { type RequestOptions, request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as k8s from "@kubernetes/client-node";
@@ -178,31 +178,15 @@ export class ControlPlane {
     await this.waitAlive("kube-apiserver", () => this.apiserverReady(), 120_000);
   }
 
-  private apiserverReady(): Promise<boolean> {
+  private async apiserverReady(): Promise<boolean> {
     const caFile = join(this.dir, "pki", "apiserver.crt");
-    if (!existsSync(caFile)) return Promise.resolve(false);
-    return readFile(caFile).then(
-      (ca) =>
-        new Promise<boolean>((resolve, reject) => {
-          const req = request(
-            {
-              host: "127.0.0.1",
-              port: this.ports.apiserver,
-              path: "/readyz",
-              ca,
-              headers: { Authorization: `Bearer ${this.token}` },
-              timeout: 2000,
-            },
-            (res) => {
-              res.resume();
-              resolve(res.statusCode === 200);
-            },
-          );
-          req.on("timeout", () => req.destroy(new Error("timeout")));
-          req.on("error", reject);
-          req.end();
-        }),
-    );
+    if (!existsSync(caFile)) return false;
+    return httpsOk({
+      port: this.ports.apiserver,
+      path: "/readyz",
+      ca: await readFile(caFile),
+      headers: { Authorization: `Bearer ${this.token}` },
+    });
   }
 
   private async writeKubeconfig(): Promise<void> {
@@ -382,19 +366,8 @@ export class ControlPlane {
 
   private healthz(port: number, tls: boolean): Promise<boolean> {
     if (!tls) return fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok);
-    return new Promise((resolve, reject) => {
-      // The scheduler serves a self-signed certificate of its own; this only reads its health.
-      const req = request(
-        { host: "127.0.0.1", port, path: "/healthz", rejectUnauthorized: false, timeout: 2000 },
-        (res) => {
-          res.resume();
-          resolve(res.statusCode === 200);
-        },
-      );
-      req.on("timeout", () => req.destroy(new Error("timeout")));
-      req.on("error", reject);
-      req.end();
-    });
+    // The scheduler serves a self-signed certificate of its own; this only reads its health.
+    return httpsOk({ port, path: "/healthz", rejectUnauthorized: false });
   }
 
   /** Stops one component (for fault tests); `restart` brings it back with the same ports and data. */
@@ -435,6 +408,19 @@ export class ControlPlane {
     this.processes.clear();
     await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+/** GET https://127.0.0.1:<port><path>: true on 200. */
+function httpsOk(options: RequestOptions): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", timeout: 2000, ...options }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+    req.end();
+  });
 }
 
 export function spinAppExecutor(namespace: string): k8s.KubernetesObject {
