@@ -15,6 +15,16 @@ export const SparkplugDataType = {
   String: 12,
 } as const;
 
+const VALUE_FIELDS = [
+  "int_value",
+  "long_value",
+  "float_value",
+  "double_value",
+  "boolean_value",
+  "string_value",
+  "bytes_value",
+] as const;
+
 const root = protobuf.Root.fromJSON({
   nested: {
     sparkplug_b: {
@@ -31,15 +41,7 @@ const root = protobuf.Root.fromJSON({
             Metric: {
               oneofs: {
                 value: {
-                  oneof: [
-                    "int_value",
-                    "long_value",
-                    "float_value",
-                    "double_value",
-                    "boolean_value",
-                    "string_value",
-                    "bytes_value",
-                  ],
+                  oneof: [...VALUE_FIELDS],
                 },
               },
               fields: {
@@ -85,16 +87,6 @@ export interface SparkplugPayload {
   uuid?: string;
   metrics: SparkplugMetric[];
 }
-
-const VALUE_FIELDS = [
-  "int_value",
-  "long_value",
-  "float_value",
-  "double_value",
-  "boolean_value",
-  "string_value",
-  "bytes_value",
-] as const;
 
 /** Decodes a Sparkplug B payload; throws on truncated or malformed input. */
 export function decodeSparkplugPayload(payload: Uint8Array): SparkplugPayload {

@@ -3,6 +3,7 @@ import dgram from "node:dgram";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import {
+  bindSocket,
   buildBye,
   buildHello,
   buildProbeMatches,
@@ -235,7 +236,7 @@ export class FakeCamera {
     const unicast = dgram.createSocket({ type: "udp4" });
     this.unicast = unicast;
     unicast.on("error", () => undefined);
-    await bind(unicast, this.options.unicastPort ?? 0, this.ip);
+    await bindSocket(unicast, this.options.unicastPort ?? 0, this.ip);
     unicast.setMulticastInterface(this.iface);
     unicast.setMulticastTTL(1);
     unicast.on("message", (msg, rinfo) => this.onDatagram(msg, rinfo));
@@ -246,7 +247,7 @@ export class FakeCamera {
       const multicast = dgram.createSocket({ type: "udp4", reuseAddr: true });
       multicast.on("error", () => undefined);
       try {
-        await bind(multicast, WSD_PORT, address);
+        await bindSocket(multicast, WSD_PORT, address);
         multicast.addMembership(WSD_GROUP, this.iface);
         multicast.on("message", (msg, rinfo) => this.onDatagram(msg, rinfo));
         this.multicast = multicast;
@@ -556,17 +557,6 @@ function profileXml(p: FakeProfile): string {
     `<tt:EncodingInterval>1</tt:EncodingInterval><tt:BitrateLimit>4096</tt:BitrateLimit></tt:RateControl>` +
     `<tt:SessionTimeout>PT60S</tt:SessionTimeout></tt:VideoEncoderConfiguration></trt:Profiles>`
   );
-}
-
-function bind(socket: dgram.Socket, port: number, address: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    socket.once("error", onError);
-    socket.bind(port, address, () => {
-      socket.off("error", onError);
-      resolve();
-    });
-  });
 }
 
 /** A fresh bare UUID for a fake camera. */

@@ -417,7 +417,7 @@ export interface WsDiscoveryClientOptions {
   onBye?: (endpoint: WsdEndpoint, from: Sender) => void;
 }
 
-function bindSocket(socket: dgram.Socket, port: number, address: string): Promise<void> {
+export function bindSocket(socket: dgram.Socket, port: number, address: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     socket.once("error", onError);

@@ -1,6 +1,6 @@
 import type * as k8s from "@kubernetes/client-node";
-import type { z } from "zod";
 import type { DiscoveryHandler } from "../../discovery-handlers/handler.js";
+import { formatIssues } from "../api/common.js";
 import { type DeviceConfiguration, deviceConfiguration } from "../api/device-configuration.js";
 import { EventRecorder } from "../k8s/events.js";
 import { Cache } from "../k8s/informer.js";
@@ -191,13 +191,6 @@ export class Agent {
     await this.configurations.stop();
     await this.publisher.stop();
   }
-}
-
-function formatIssues(error: z.ZodError, prefix = ""): string {
-  return error.issues
-    .slice(0, 5)
-    .map((i) => `${[prefix, ...i.path.map(String)].filter(Boolean).join(".") || "(root)"}: ${i.message}`)
-    .join("; ");
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -55,3 +55,11 @@ export const objectMeta = z.looseObject({
     .optional(),
 });
 export type ObjectMeta = z.infer<typeof objectMeta>;
+
+/** A zod error as one line naming the fields: "discoveryHandler.discoveryDetails.x: message; ...". */
+export function formatIssues(error: z.ZodError, prefix = ""): string {
+  return error.issues
+    .slice(0, 5)
+    .map((i) => `${[prefix, ...i.path.map(String)].filter(Boolean).join(".") || "(root)"}: ${i.message}`)
+    .join("; ");
+}

@@ -2,7 +2,7 @@ import type * as k8s from "@kubernetes/client-node";
 import { CoreV1Api } from "@kubernetes/client-node";
 import { HANDLERS } from "../../discovery-handlers/index.js";
 import { WorkQueue } from "../agent/work-queue.js";
-import type { Condition } from "../api/common.js";
+import { type Condition, formatIssues } from "../api/common.js";
 import type { Allocation, Device } from "../api/device.js";
 import type { DeviceConfiguration } from "../api/device-configuration.js";
 import { type DeviceSpinApp, deviceSpinApp } from "../api/device-spin-app.js";
@@ -79,7 +79,7 @@ export class Controller {
         kc,
         {
           type: SPIN_APPS,
-          list: () => this.listManagedSpinApps(),
+          list: () => this.clients.spinApps.list(undefined, DSA_LABEL) as Promise<k8s.KubernetesListObject<SpinAppObj>>,
         },
         log,
         poke,
@@ -106,16 +106,6 @@ export class Controller {
         this.log.error({ err: String(err) }, "reconcile failed; retrying");
       },
     );
-  }
-
-  private async listManagedSpinApps(): Promise<k8s.KubernetesListObject<SpinAppObj>> {
-    const api = this.kc.makeApiClient((await import("@kubernetes/client-node")).CustomObjectsApi);
-    return (await api.listCustomObjectForAllNamespaces({
-      group: SPIN_APPS.group,
-      version: SPIN_APPS.version,
-      plural: SPIN_APPS.plural,
-      labelSelector: DSA_LABEL,
-    })) as k8s.KubernetesListObject<SpinAppObj>;
   }
 
   async start(): Promise<void> {
@@ -424,14 +414,7 @@ export class Controller {
       const parsed = handler.detailsSchema.safeParse(config.spec.discoveryHandler.discoveryDetails ?? {});
       accepted = parsed.success
         ? ["True", "Valid", `handler ${handler.name} accepts the discovery details`]
-        : [
-            "False",
-            "InvalidDiscoveryDetails",
-            parsed.error.issues
-              .slice(0, 5)
-              .map((i) => `discoveryHandler.discoveryDetails.${i.path.join(".")}: ${i.message}`)
-              .join("; "),
-          ];
+        : ["False", "InvalidDiscoveryDetails", formatIssues(parsed.error, "discoveryHandler.discoveryDetails")];
     }
     const status = {
       observedGeneration: config.metadata.generation,

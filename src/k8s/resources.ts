@@ -69,8 +69,11 @@ export class ResourceClient<T extends Obj = Obj> {
     return { group, version, plural, ...(this.type.namespaced ? { namespace: namespace ?? "default" } : {}) };
   }
 
-  async list(namespace?: string): Promise<{ items: T[]; metadata: { resourceVersion?: string } }> {
-    const b = this.base(namespace);
+  async list(
+    namespace?: string,
+    labelSelector?: string,
+  ): Promise<{ items: T[]; metadata: { resourceVersion?: string } }> {
+    const b = { ...this.base(namespace), ...(labelSelector ? { labelSelector } : {}) };
     const res =
       this.type.namespaced && namespace
         ? await this.api.listNamespacedCustomObject({ ...b, namespace })
