@@ -3,7 +3,7 @@ import { Agent } from "../agent/agent.js";
 import { loadKubeConfig } from "../k8s/client.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
-import { untilSignal } from "./sandbox.js";
+import { untilSignal } from "./signals.js";
 
 export interface AgentCommandOptions {
   node?: string;

@@ -4,7 +4,7 @@ import { loadKubeConfig } from "../k8s/client.js";
 import { LeaderElection } from "../k8s/leader-election.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
-import { untilSignal } from "./sandbox.js";
+import { untilSignal } from "./signals.js";
 
 export interface ControllerCommandOptions {
   kubeconfig?: string;

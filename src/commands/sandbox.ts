@@ -1,4 +1,5 @@
 import { ControlPlane } from "../sandbox/control-plane.js";
+import { untilSignal } from "./signals.js";
 
 /** `spindle sandbox`: a real control plane in the foreground until Ctrl-C / SIGTERM. */
 export async function sandboxCommand(): Promise<void> {
@@ -10,16 +11,4 @@ export async function sandboxCommand(): Promise<void> {
   await untilSignal();
   process.stderr.write("stopping the sandbox...\n");
   await cp.stop();
-}
-
-export function untilSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const done = (signal: NodeJS.Signals) => {
-      process.off("SIGINT", done);
-      process.off("SIGTERM", done);
-      resolve(signal);
-    };
-    process.on("SIGINT", done);
-    process.on("SIGTERM", done);
-  });
 }
