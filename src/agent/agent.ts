@@ -2,9 +2,9 @@ import type * as k8s from "@kubernetes/client-node";
 import type { DiscoveryHandler } from "../../discovery-handlers/handler.js";
 import { formatIssues } from "../api/common.js";
 import { type DeviceConfiguration, deviceConfiguration } from "../api/device-configuration.js";
+import { Cache, sleep } from "../k8s/cache.js";
 import { EventRecorder } from "../k8s/events.js";
-import { Cache } from "../k8s/informer.js";
-import { apiVersionOf, DEVICE_CONFIGURATIONS, ResourceClient } from "../k8s/resources.js";
+import { apiVersionOf, DEVICE_CONFIGURATIONS } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
 import { DevicePublisher } from "./device-publisher.js";
 import { resolveDiscoveryProperties } from "./discovery-properties.js";
@@ -25,14 +25,23 @@ export interface AgentOptions {
   log: Logger;
 }
 
+type ConfigObj = DeviceConfiguration & k8s.KubernetesObject;
+
 /**
  * The per-node agent: one discovery per DeviceConfiguration (started, restarted on a change of
- * its discoveryHandler, stopped on delete), its device sets handed to the DevicePublisher.
+ * its discoveryHandler, stopped on delete), its device sets handed to the DevicePublisher. The
+ * publisher looks the configuration up when it reconciles, so an edit of capacity, properties or
+ * grace applies at once and is never undone by a discovery started under the old spec. An edit
+ * that does not validate keeps the last valid spec running, and is reported.
  */
 export class Agent {
   readonly publisher: DevicePublisher;
-  private configurations: Cache<DeviceConfiguration & k8s.KubernetesObject>;
+  private configurations: Cache<ConfigObj>;
   private runs = new Map<string, DiscoveryRun>();
+  /** The last valid spec of each configuration, and the generation it came from. */
+  private valid = new Map<string, DeviceConfiguration>();
+  private seen = new Map<string, string>();
+  private abort = new AbortController();
   private events: EventRecorder;
   private log: Logger;
   private stopped = false;
@@ -40,28 +49,42 @@ export class Agent {
   constructor(private options: AgentOptions) {
     this.log = options.log.child({ node: options.nodeName });
     this.events = new EventRecorder(options.kc, "spindle-agent", this.log, options.nodeName);
-    this.publisher = new DevicePublisher(options.kc, options.nodeName, this.log, this.events);
-    const client = new ResourceClient<DeviceConfiguration & k8s.KubernetesObject & Record<string, unknown>>(
-      options.kc,
-      DEVICE_CONFIGURATIONS,
-      "spindle-agent",
+    this.publisher = new DevicePublisher(options.kc, options.nodeName, this.log, this.events, (name) =>
+      this.valid.get(name),
     );
-    this.configurations = new Cache(options.kc, client, this.log, (obj, verb) => this.onConfiguration(obj, verb));
+    this.configurations = new Cache<ConfigObj>(
+      options.kc,
+      { type: DEVICE_CONFIGURATIONS, onChange: (obj, verb) => this.onConfiguration(obj, verb) },
+      this.log,
+    );
   }
 
+  /**
+   * Resolves once every cache has listed and discovery has started; until then nothing is
+   * adopted, published or left (a failed first list is retried, never taken as "no objects").
+   */
   async start(): Promise<void> {
-    await this.publisher.start();
-    await this.configurations.start();
-    this.publisher.adopt((name) => this.configurations.get(name));
+    this.configurations.start();
+    const [configs, published] = await Promise.all([
+      this.configurations.whenSynced(this.abort.signal),
+      this.publisher.start(this.abort.signal),
+    ]);
+    if (!configs || !published) return;
+    this.ready = true;
     for (const c of this.configurations.list()) this.sync(c);
+    this.publisher.adopt();
     this.log.info({ configurations: this.runs.size }, "agent started");
   }
 
-  private onConfiguration(obj: DeviceConfiguration & k8s.KubernetesObject, verb: string): void {
-    if (this.stopped) return;
+  private ready = false;
+
+  private onConfiguration(obj: ConfigObj, verb: string): void {
+    if (this.stopped || !this.ready) return;
     if (verb === "delete") {
       const name = obj.metadata.name!;
       this.stopRun(name);
+      this.valid.delete(name);
+      this.seen.delete(name);
       this.publisher.dropConfiguration(name);
       this.log.info({ configuration: name }, "configuration deleted; leaving its devices");
       return;
@@ -70,11 +93,14 @@ export class Agent {
   }
 
   /** Brings the discovery for one configuration in line with its spec. */
-  private sync(raw: DeviceConfiguration & k8s.KubernetesObject): void {
+  private sync(raw: ConfigObj): void {
     const name = raw.metadata.name!;
+    // Status writes do not change the generation: nothing to do for them.
+    const version = `${raw.metadata.uid}/${raw.metadata.generation}`;
+    if (this.seen.get(name) === version) return;
+    this.seen.set(name, version);
     const parsed = deviceConfiguration.safeParse(raw);
     if (!parsed.success) {
-      this.stopRun(name);
       this.reportInvalid(raw, "InvalidConfiguration", formatIssues(parsed.error));
       return;
     }
@@ -82,17 +108,19 @@ export class Agent {
     const key = JSON.stringify(configuration.spec.discoveryHandler);
     const run = this.runs.get(name);
     if (run?.key === key) {
-      this.publisher.updateConfiguration(configuration);
+      this.valid.set(name, configuration);
+      this.publisher.configurationChanged(name);
       return;
     }
-    this.stopRun(name);
     const handler = this.options.handlers.get(configuration.spec.discoveryHandler.name);
     if (!handler && this.options.disabled?.has(configuration.spec.discoveryHandler.name)) {
       this.log.info(
         { configuration: name, handler: configuration.spec.discoveryHandler.name },
         "handler disabled on this node",
       );
-      this.publisher.updateConfiguration(configuration);
+      this.stopRun(name);
+      this.valid.set(name, configuration);
+      this.publisher.configurationChanged(name);
       return;
     }
     if (!handler) {
@@ -105,6 +133,7 @@ export class Agent {
     }
     const details = handler.detailsSchema.safeParse(configuration.spec.discoveryHandler.discoveryDetails);
     if (!details.success) {
+      // The discovery under the last valid spec (if any) keeps running.
       this.reportInvalid(
         raw,
         "InvalidDiscoveryDetails",
@@ -112,12 +141,15 @@ export class Agent {
       );
       return;
     }
+    this.stopRun(name);
+    this.valid.set(name, configuration);
+    this.publisher.configurationChanged(name);
     const abort = new AbortController();
     const done = this.runDiscovery(configuration, handler, details.data, abort.signal);
     this.runs.set(name, { key, abort, done });
   }
 
-  private reportInvalid(raw: DeviceConfiguration & k8s.KubernetesObject, reason: string, message: string): void {
+  private reportInvalid(raw: ConfigObj, reason: string, message: string): void {
     const name = raw.metadata.name!;
     this.log.error({ configuration: name, reason }, message);
     void this.events.record(
@@ -149,7 +181,7 @@ export class Agent {
           if (signal.aborted) break;
           failures = 0;
           log.debug({ devices: set.length }, "device set");
-          this.publisher.report(configuration, handler.name, handler.shared, set);
+          this.publisher.report(name, handler.name, handler.shared, set);
         }
         if (signal.aborted) return;
         throw new Error("discovery ended without being stopped");
@@ -184,6 +216,7 @@ export class Agent {
   /** Stops discoveries and watches. Devices are left as they are: a restart adopts them. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.abort.abort();
     const runs = [...this.runs.values()];
     for (const r of runs) r.abort.abort();
     await Promise.race([Promise.allSettled(runs.map((r) => r.done)), sleep(3000)]);
@@ -191,18 +224,4 @@ export class Agent {
     await this.configurations.stop();
     await this.publisher.stop();
   }
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(t);
-        resolve();
-      },
-      { once: true },
-    );
-  });
 }

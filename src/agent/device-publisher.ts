@@ -1,16 +1,16 @@
-import * as k8s from "@kubernetes/client-node";
+import type * as k8s from "@kubernetes/client-node";
 import type { DiscoveredDevice } from "../../discovery-handlers/handler.js";
 import { boundProperties } from "../../discovery-handlers/sanitize.js";
 import type { Device } from "../api/device.js";
 import type { DeviceConfiguration } from "../api/device-configuration.js";
-import { applyOptions, statusCode } from "../k8s/client.js";
+import { Cache } from "../k8s/cache.js";
+import { statusCode } from "../k8s/client.js";
 import type { EventRecorder } from "../k8s/events.js";
-import { Cache } from "../k8s/informer.js";
-import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, ResourceClient } from "../k8s/resources.js";
+import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, NODES, ResourceClient } from "../k8s/resources.js";
+import { WorkQueue } from "../k8s/work-queue.js";
 import type { Logger } from "../log/logger.js";
 import { apiWrites, devicesPublished, discoveryLatency, reconcileErrors } from "../observability/metrics.js";
 import { deviceIdentity, deviceName, extendedResourceName } from "./device-name.js";
-import { WorkQueue } from "./work-queue.js";
 
 export const CONFIGURATION_LABEL = "spindle.dev/configuration";
 
@@ -23,7 +23,7 @@ export const MAX_NODE_RESOURCES = 1000;
 
 /** What this node last heard of one device. */
 interface Observed {
-  configuration: DeviceConfiguration;
+  configurationName: string;
   handler: string;
   shared: boolean;
   identity: string;
@@ -35,25 +35,39 @@ interface Observed {
   missingSince?: number;
 }
 
+type NodeObj = k8s.KubernetesObject & {
+  status?: { capacity?: Record<string, string>; allocatable?: Record<string, string> };
+} & Record<string, unknown>;
+
+/** What the agent keeps of its Node: the extended resources it advertises. */
+function projectNode(n: NodeObj): NodeObj {
+  const spindle = (m: Record<string, string> | undefined) =>
+    Object.fromEntries(Object.entries(m ?? {}).filter(([k]) => k.startsWith("spindle.dev/")));
+  return {
+    metadata: { name: n.metadata?.name, resourceVersion: n.metadata?.resourceVersion },
+    status: { capacity: spindle(n.status?.capacity), allocatable: spindle(n.status?.allocatable) },
+  } as NodeObj;
+}
+
 /**
- * Publishes what this node's discoveries see as Device objects, level-triggered: `report` and
- * timers only queue device names; `reconcile(name)` compares this node's view with the cached
- * Device and writes only the difference, with server-side apply under the node's own field manager.
+ * Publishes what this node's discoveries see as Device objects, level-triggered: `report`,
+ * watch events and timers only queue device names; `reconcile(name)` compares this node's view,
+ * under the configuration as it is *now* (`configurationOf`), with the cached Device and writes
+ * only the difference, with server-side apply under the node's own field manager. The Node's
+ * extended resources are compared with the watched Node the same way.
  */
 export class DevicePublisher {
   readonly fieldManager: string;
   private devices: ResourceClient<Device & k8s.KubernetesObject & Record<string, unknown>>;
+  private nodes: ResourceClient<NodeObj>;
   private cache: Cache<Device & k8s.KubernetesObject>;
+  private nodeCache: Cache<NodeObj>;
   private observed = new Map<string, Observed>();
   private byConfiguration = new Map<string, Set<string>>();
   private graceTimers = new Map<string, NodeJS.Timeout>();
-  /** Our own writes, newer than the cache until the watch catches up. */
-  private written = new Map<string, Device & k8s.KubernetesObject>();
   private queue: WorkQueue;
   /** When a new or changed device was first reported, until its Device is written. */
   private reportedAt = new Map<string, number>();
-  private core: k8s.CoreV1Api;
-  private advertised: Map<string, number> | undefined;
   private nodeTimer: NodeJS.Timeout | undefined;
   private warnedResourceCap = false;
   private advertising = false;
@@ -64,11 +78,23 @@ export class DevicePublisher {
     readonly nodeName: string,
     private log: Logger,
     private events: EventRecorder,
+    /** The configuration as it is now (the last valid spec), looked up on every reconcile. */
+    private configurationOf: (name: string) => DeviceConfiguration | undefined,
   ) {
     this.fieldManager = `spindle-agent-${nodeName}`.slice(0, 128);
     this.devices = new ResourceClient(kc, DEVICES, this.fieldManager);
-    this.core = kc.makeApiClient(k8s.CoreV1Api);
-    this.cache = new Cache(kc, this.devices, log, (obj, verb) => this.onDeviceEvent(obj, verb));
+    this.nodes = new ResourceClient(kc, NODES, this.fieldManager);
+    this.cache = new Cache(kc, { type: DEVICES, onChange: (obj, verb) => this.onDeviceEvent(obj, verb) }, log);
+    this.nodeCache = new Cache<NodeObj>(
+      kc,
+      {
+        type: NODES,
+        fieldSelector: `metadata.name=${nodeName}`,
+        project: projectNode,
+        onChange: () => this.scheduleNodeResources(),
+      },
+      log,
+    );
     this.queue = new WorkQueue(
       (name) => this.reconcile(name),
       16,
@@ -79,27 +105,31 @@ export class DevicePublisher {
     );
   }
 
-  async start(): Promise<void> {
-    await this.cache.start();
+  /** Starts the Device and Node caches; resolves once both have listed. */
+  async start(signal?: AbortSignal): Promise<boolean> {
+    this.cache.start();
+    this.nodeCache.start();
+    const synced = await Promise.all([this.cache.whenSynced(signal), this.nodeCache.whenSynced(signal)]);
+    return synced.every(Boolean);
   }
 
   /**
    * Adopts what this node published before a restart: every Device listing this node is kept
    * (not deleted, not rewritten) for its grace period, unless discovery reports it again.
    */
-  adopt(configurationOf: (name: string) => DeviceConfiguration | undefined): void {
+  adopt(): void {
     const now = Date.now();
     for (const d of this.cache.list()) {
       if (!d.spec.nodes.includes(this.nodeName)) continue;
       const name = d.metadata.name!;
       if (this.observed.has(name)) continue;
-      const configuration = configurationOf(d.spec.configurationName);
+      const configuration = this.configurationOf(d.spec.configurationName);
       if (!configuration) {
-        this.queue.add(name); // its configuration is gone: leave it
+        this.leaveSoon(name); // its configuration is gone: leave it
         continue;
       }
       this.track(name, {
-        configuration,
+        configurationName: d.spec.configurationName,
         handler: d.spec.handler,
         shared: d.spec.shared,
         identity: d.spec.id,
@@ -107,8 +137,14 @@ export class DevicePublisher {
         raw: {},
         missingSince: now,
       });
-      this.scheduleGrace(name, configuration.spec.offlineGraceSeconds * 1000);
+      this.queue.add(name);
     }
+    this.scheduleNodeResources();
+  }
+
+  /** A Device of ours nothing reports any more: leave it at the next reconcile. */
+  private leaveSoon(name: string): void {
+    this.queue.add(name);
   }
 
   private ownProperties(d: Device, configuration: DeviceConfiguration): Record<string, string> {
@@ -119,8 +155,9 @@ export class DevicePublisher {
   }
 
   /** A complete device set from one configuration's discovery; replaces the last one. */
-  report(configuration: DeviceConfiguration, handler: string, shared: boolean, set: DiscoveredDevice[]): void {
-    const configName = configuration.metadata.name!;
+  report(configName: string, handler: string, shared: boolean, set: DiscoveredDevice[]): void {
+    const configuration = this.configurationOf(configName);
+    if (!configuration) return; // deleted meanwhile: dropConfiguration handles its devices
     const now = Date.now();
     const seen = new Set<string>();
     for (const device of set) {
@@ -130,18 +167,13 @@ export class DevicePublisher {
       seen.add(name);
       const before = this.observed.get(name);
       // Most of a set is unchanged: keep those entries as they are (no hashing, no copies).
-      if (
-        before &&
-        before.missingSince === undefined &&
-        before.configuration === configuration &&
-        before.raw === device.properties
-      ) {
+      if (before && before.missingSince === undefined && before.raw === device.properties) {
         continue;
       }
       const properties =
         before && sameRecord(before.raw, device.properties) ? before.properties : boundProperties(device.properties);
       const next: Observed = {
-        configuration,
+        configurationName: configName,
         handler,
         shared,
         identity,
@@ -177,7 +209,7 @@ export class DevicePublisher {
       const o = this.observed.get(name);
       if (!o || seen.has(name) || o.missingSince !== undefined) continue;
       o.missingSince = now;
-      this.scheduleGrace(name, configuration.spec.offlineGraceSeconds * 1000);
+      this.queue.add(name);
       this.log.info(
         { device: name, graceSeconds: configuration.spec.offlineGraceSeconds },
         "device no longer reported; keeping it for its grace period",
@@ -185,14 +217,9 @@ export class DevicePublisher {
     }
   }
 
-  /** The configuration changed (capacity, properties, grace): rewrite its devices if needed. */
-  updateConfiguration(configuration: DeviceConfiguration): void {
-    for (const name of this.byConfiguration.get(configuration.metadata.name!) ?? []) {
-      const o = this.observed.get(name);
-      if (!o) continue;
-      o.configuration = configuration;
-      this.queue.add(name);
-    }
+  /** The configuration's spec changed (capacity, properties, grace): look at its devices again. */
+  configurationChanged(configName: string): void {
+    for (const name of this.byConfiguration.get(configName) ?? []) this.queue.add(name);
   }
 
   /** The configuration is gone: this node leaves all of its devices now. */
@@ -220,7 +247,7 @@ export class DevicePublisher {
 
   private track(name: string, o: Observed): void {
     this.observed.set(name, o);
-    const configName = o.configuration.metadata.name!;
+    const configName = o.configurationName;
     const names = this.byConfiguration.get(configName) ?? new Set<string>();
     this.byConfiguration.set(configName, names);
     names.add(name);
@@ -229,18 +256,18 @@ export class DevicePublisher {
   private forget(name: string): void {
     const o = this.observed.get(name);
     if (o) {
-      this.byConfiguration.get(o.configuration.metadata.name!)?.delete(name);
-      this.names.delete(`${o.configuration.metadata.name}\0${o.identity}`);
+      this.byConfiguration.get(o.configurationName)?.delete(name);
+      this.names.delete(`${o.configurationName}\0${o.identity}`);
     }
     this.observed.delete(name);
     this.clearGrace(name);
   }
 
-  private scheduleGrace(name: string, ms: number): void {
+  private scheduleGrace(name: string, deadline: number): void {
     this.clearGrace(name);
     // setTimeout may fire a millisecond before Date.now() reaches the deadline; then wanted()
     // would still say "keep" and nothing would look again. Re-arm until the deadline has passed.
-    const deadline = Date.now() + ms;
+    const ms = Math.max(0, deadline - Date.now());
     const fire = () => {
       const left = deadline - Date.now();
       if (left > 0) {
@@ -260,31 +287,32 @@ export class DevicePublisher {
 
   private onDeviceEvent(obj: Device & k8s.KubernetesObject, verb: string): void {
     const name = obj.metadata?.name;
-    if (!name || !this.observed.has(name)) return;
-    // Only repair: someone deleted it, or our node is missing. Never fight over content.
-    if (verb === "delete" || !obj.spec.nodes.includes(this.nodeName)) {
-      this.written.delete(name);
-      this.queue.add(name);
-    }
+    const o = name ? this.observed.get(name) : undefined;
+    if (!name || !o) return;
+    // Deleted, or our node missing: restore. A device only this node publishes is also restored
+    // when edited; a shared one is not fought over with the other nodes that publish it.
+    if (verb === "delete" || !obj.spec.nodes.includes(this.nodeName) || !o.shared) this.queue.add(name);
   }
 
-  private current(name: string): (Device & k8s.KubernetesObject) | undefined {
-    const cached = this.cache.get(name);
-    const mine = this.written.get(name);
-    if (!mine) return cached;
-    if (!cached || Number(cached.metadata.resourceVersion) < Number(mine.metadata.resourceVersion)) return mine;
-    this.written.delete(name);
-    return cached;
+  /** When a device no longer reported stops being published; undefined while it is reported. */
+  private deadline(o: Observed): number | undefined {
+    if (o.missingSince === undefined) return undefined;
+    const configuration = this.configurationOf(o.configurationName);
+    if (!configuration) return Number.NEGATIVE_INFINITY;
+    return o.missingSince + configuration.spec.offlineGraceSeconds * 1000;
   }
 
   private wanted(o: Observed | undefined): boolean {
-    if (!o) return false;
-    if (o.missingSince === undefined) return true;
-    return Date.now() - o.missingSince < o.configuration.spec.offlineGraceSeconds * 1000;
+    if (!o || !this.configurationOf(o.configurationName)) return false;
+    const deadline = this.deadline(o);
+    return deadline === undefined || Date.now() < deadline;
   }
 
-  desiredDevice(name: string, o: Observed): Device & k8s.KubernetesObject & Record<string, unknown> {
-    const c = o.configuration;
+  desiredDevice(
+    name: string,
+    o: Observed,
+    c: DeviceConfiguration,
+  ): Device & k8s.KubernetesObject & Record<string, unknown> {
     return {
       apiVersion: "spindle.dev/v1alpha1",
       kind: "Device",
@@ -324,9 +352,12 @@ export class DevicePublisher {
 
   private async reconcileDevice(name: string): Promise<void> {
     const o = this.observed.get(name);
-    const current = this.current(name);
-    if (this.wanted(o)) {
-      const desired = this.desiredDevice(name, o!);
+    const current = this.cache.get(name);
+    const configuration = o ? this.configurationOf(o.configurationName) : undefined;
+    if (o && configuration && this.wanted(o)) {
+      const deadline = this.deadline(o);
+      if (deadline !== undefined) this.scheduleGrace(name, deadline);
+      const desired = this.desiredDevice(name, o, configuration);
       if (
         current &&
         (current.spec.id !== desired.spec.id || current.spec.configurationName !== desired.spec.configurationName)
@@ -348,7 +379,7 @@ export class DevicePublisher {
       if (!current || !publishedAsDesired(current, desired, this.nodeName)) {
         const applied = await this.devices.apply(desired);
         apiWrites.inc({ resource: "devices", verb: "apply" });
-        this.written.set(name, applied);
+        this.cache.observeWrite(applied);
         const reported = this.reportedAt.get(name);
         if (reported !== undefined) discoveryLatency.observe((Date.now() - reported) / 1000);
         this.log.info(
@@ -368,13 +399,13 @@ export class DevicePublisher {
     const name = device.metadata.name!;
     const others = device.spec.nodes.filter((n) => n !== this.nodeName);
     apiWrites.inc({ resource: "devices", verb: others.length === 0 ? "delete" : "apply" });
-    this.written.delete(name);
     if (others.length === 0) {
       try {
         await this.devices.delete(name, undefined, {
           uid: device.metadata.uid,
           resourceVersion: device.metadata.resourceVersion,
         });
+        this.cache.observeDelete(name);
         this.log.info({ device: name }, "device deleted: no node sees it any more");
       } catch (err) {
         if (statusCode(err) === 404) return;
@@ -388,7 +419,7 @@ export class DevicePublisher {
       kind: "Device",
       metadata: { name },
     } as never);
-    this.written.set(name, applied);
+    this.cache.observeWrite(applied);
     this.log.info({ device: name, nodes: applied.spec.nodes }, "node left shared device");
   }
 
@@ -428,8 +459,9 @@ export class DevicePublisher {
     let skipped = 0;
     for (const [name, o] of [...this.observed].sort(([a], [b]) => a.localeCompare(b))) {
       if (!this.wanted(o)) continue;
-      devicesPublished.inc({ configuration: o.configuration.metadata.name! });
-      if (want.size < MAX_NODE_RESOURCES) want.set(extendedResourceName(name), o.configuration.spec.capacity);
+      const configuration = this.configurationOf(o.configurationName)!;
+      devicesPublished.inc({ configuration: o.configurationName });
+      if (want.size < MAX_NODE_RESOURCES) want.set(extendedResourceName(name), configuration.spec.capacity);
       else skipped++;
     }
     if (skipped > 0 && !this.warnedResourceCap) {
@@ -439,32 +471,21 @@ export class DevicePublisher {
         "too many devices to advertise as extended resources on one node; the rest are published but cannot place SpinApps",
       );
     }
-    if (!this.advertised) {
-      const node = await this.core.readNodeStatus({ name: this.nodeName });
-      this.advertised = new Map(
-        Object.entries(node.status?.capacity ?? {})
-          .filter(([k]) => k.startsWith("spindle.dev/"))
-          .map(([k, v]) => [k, Number(v)]),
-      );
-    }
-    if (sameRecord(Object.fromEntries(want), Object.fromEntries(this.advertised))) return;
+    // Compared with the Node as watched, so a re-registered Node or one whose resources were
+    // dropped by someone else gets them back.
+    const node = this.nodeCache.get(this.nodeName);
+    if (!node) return; // not registered (yet): its watch event brings us back
     const resources = Object.fromEntries([...want].map(([k, v]) => [k, String(v)]));
-    await this.core.patchNodeStatus(
-      {
-        name: this.nodeName,
-        fieldManager: this.fieldManager,
-        force: true,
-        body: {
-          apiVersion: "v1",
-          kind: "Node",
-          metadata: { name: this.nodeName },
-          status: { capacity: resources, allocatable: resources },
-        },
-      },
-      applyOptions,
-    );
+    const status = node.status ?? {};
+    if (sameQuantities(status.capacity ?? {}, resources) && sameQuantities(status.allocatable ?? {}, resources)) return;
+    const applied = await this.nodes.applyStatus({
+      apiVersion: "v1",
+      kind: "Node",
+      metadata: { name: this.nodeName },
+      status: { capacity: resources, allocatable: resources },
+    });
+    this.nodeCache.observeWrite(applied);
     apiWrites.inc({ resource: "nodes/status", verb: "apply" });
-    this.advertised = want;
     this.log.info({ node: this.nodeName, resources: want.size }, "extended resources advertised");
   }
 
@@ -476,8 +497,15 @@ export class DevicePublisher {
     this.queue.stop();
     for (const t of this.graceTimers.values()) clearTimeout(t);
     clearTimeout(this.nodeTimer);
-    await this.cache.stop();
+    await Promise.all([this.cache.stop(), this.nodeCache.stop()]);
   }
+}
+
+/** Same resources and quantities ("1" and 1 alike). */
+function sameQuantities(a: Record<string, string>, b: Record<string, string>): boolean {
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  return ka.every((k) => b[k] !== undefined && String(a[k]) === String(b[k]));
 }
 
 function sameRecord(a: Record<string, unknown>, b: Record<string, unknown>): boolean {

@@ -38,12 +38,45 @@ export const variableMapping = z.strictObject({
 });
 export type VariableMapping = z.infer<typeof variableMapping>;
 
+/** Kubernetes label keys and values (apimachinery's IsQualifiedName and IsValidLabelValue). */
+export const LABEL_KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+export const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$/;
+
+const celString = (re: RegExp) => re.source.replace(/\\/g, "\\\\");
+
+/** Labels a template gives its SpinApps: checked at admission, so a bad one never reaches a SpinApp. */
+export const templateLabels = z
+  .record(
+    z.string().max(317).regex(LABEL_KEY, "must be a label key: [prefix/]name, name <= 63 alphanumeric, -, _ or ."),
+    z.string().max(63).regex(LABEL_VALUE, "must be a label value: <= 63 characters, alphanumeric at both ends"),
+  )
+  .meta({
+    maxProperties: 64,
+    "x-kubernetes-validations": [
+      {
+        rule: `self.all(k, size(k) <= 317 && k.matches('${celString(LABEL_KEY)}'))`,
+        message: "label keys must be [prefix/]name with name <= 63 characters, alphanumeric at both ends",
+      },
+    ],
+  });
+
 /** The SpinApp spec is SpinKube's; Spindle checks what it relies on and passes the rest through. */
 export const spinAppTemplateSpec = z
   .looseObject({
     image: z.string().max(4096).optional(),
     executor: z.string().max(253).optional(),
-    replicas: z.int().max(1000).optional(),
+    replicas: z.int().min(1, "replicas must be at least 1").max(1000).optional(),
+    variables: z
+      .array(
+        z.looseObject({
+          name: z
+            .string()
+            .max(253)
+            .regex(SPIN_VARIABLE_NAME, "must be a Spin variable name: [a-z][a-z0-9_]*, no __, no trailing _"),
+        }),
+      )
+      .max(256)
+      .optional(),
   })
   .meta({ description: "A SpinApp spec (core.spinkube.dev/v1alpha1), copied into every SpinApp." });
 
@@ -68,7 +101,7 @@ export const deviceSpinAppSpec = z.strictObject({
   template: z.strictObject({
     metadata: z
       .strictObject({
-        labels: z.record(z.string(), z.string()).optional(),
+        labels: templateLabels.optional(),
         annotations: z.record(z.string(), z.string()).optional(),
       })
       .optional(),

@@ -4,6 +4,8 @@ import { fileURLToPath } from "node:url";
 import { allCrdsYaml, crdFileName, crdYaml, KINDS } from "../api/crds.js";
 
 export const CRDS_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../crds");
+/** Helm installs CRDs from the chart's own crds/ folder: the same files. */
+const CHART_CRDS_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../charts/spindle/crds");
 
 /** `spindle crds`: print the CRDs, or with --write regenerate crds/ from the zod schemas. */
 export async function crdsCommand(options: { write?: boolean }): Promise<void> {
@@ -11,9 +13,13 @@ export async function crdsCommand(options: { write?: boolean }): Promise<void> {
     process.stdout.write(allCrdsYaml());
     return;
   }
-  await mkdir(CRDS_DIR, { recursive: true });
+  for (const dir of [CRDS_DIR, CHART_CRDS_DIR]) await writeCrds(dir);
+}
+
+async function writeCrds(dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true });
   for (const kind of KINDS) {
-    const path = join(CRDS_DIR, crdFileName(kind));
+    const path = join(dir, crdFileName(kind));
     const yaml = crdYaml(kind);
     const old = await readFile(path, "utf8").catch(() => "");
     if (old !== yaml) {

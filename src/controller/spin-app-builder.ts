@@ -8,8 +8,15 @@ export const DSA_LABEL = "spindle.dev/device-spin-app";
 export const DEVICE_LABEL = "spindle.dev/device";
 export const SPEC_HASH_ANNOTATION = "spindle.dev/spec-hash";
 
+/** A label value (at most 63 characters, alphanumeric at both ends) that names a DeviceSpinApp. */
+export function dsaLabelValue(name: string): string {
+  if (name.length <= 63) return name; // a DNS subdomain of <= 63 characters is a valid label value
+  const hash = createHash("sha256").update(name).digest("hex").slice(0, 10);
+  return `${name.slice(0, 63 - hash.length - 1).replace(/[^a-z0-9]+$/, "")}-${hash}`;
+}
+
 /** `<deviceSpinApp>-<hash>`: a DNS label of at most 52 characters, the same for the same pair. */
-export function spinAppName(dsa: DeviceSpinApp, deviceName: string): string {
+export function spinAppName(dsa: { metadata: { namespace?: string; name?: string } }, deviceName: string): string {
   const hash = createHash("sha256")
     .update(`${dsa.metadata.namespace}/${dsa.metadata.name}\0${deviceName}`)
     .digest("hex")
@@ -66,7 +73,7 @@ export function buildSpinApp(dsa: DeviceSpinApp, device: Device): BuildResult {
       namespace: dsa.metadata.namespace!,
       labels: {
         ...(template.metadata?.labels ?? {}),
-        [DSA_LABEL]: dsa.metadata.name!.slice(0, 63),
+        [DSA_LABEL]: dsaLabelValue(dsa.metadata.name!),
         [DEVICE_LABEL]: deviceName,
       },
       annotations: { ...(template.metadata?.annotations ?? {}) },
@@ -94,12 +101,34 @@ export function buildSpinApp(dsa: DeviceSpinApp, device: Device): BuildResult {
   return { ok: true, spinApp: parsed.data };
 }
 
-const built = new Map<string, BuildResult>();
+/** A bounded map that forgets the least recently used entry first. */
+export class LruMap<K, V> {
+  private map = new Map<K, V>();
+  constructor(private max: number) {}
+  get(key: K): V | undefined {
+    const v = this.map.get(key);
+    if (v !== undefined) {
+      this.map.delete(key);
+      this.map.set(key, v);
+    }
+    return v;
+  }
+  set(key: K, value: V): void {
+    this.map.delete(key);
+    this.map.set(key, value);
+    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value as K);
+  }
+  get size(): number {
+    return this.map.size;
+  }
+}
+
+const built = new LruMap<string, BuildResult>(20_000);
 
 /**
  * buildSpinApp, remembered per DeviceSpinApp and Device spec (uid + generation; status writes do
- * not change a generation). The controller rebuilds the whole desired state on every change, so
- * this keeps a reconcile of 10,000 devices from re-validating 10,000 SpinApps each time.
+ * not change a generation). The controller plans the whole desired state on every change, so
+ * this keeps a plan over 10,000 devices from re-validating 10,000 SpinApps each time.
  */
 export function buildSpinAppCached(dsa: DeviceSpinApp, device: Device): BuildResult {
   const { uid: du, generation: dg } = dsa.metadata;
@@ -108,7 +137,6 @@ export function buildSpinAppCached(dsa: DeviceSpinApp, device: Device): BuildRes
   const key = `${du}/${dg}/${vu}/${vg}`;
   let result = built.get(key);
   if (!result) {
-    if (built.size >= 100_000) built.clear();
     result = buildSpinApp(dsa, device);
     built.set(key, result);
   }

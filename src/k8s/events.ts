@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
-import * as k8s from "@kubernetes/client-node";
+import type * as k8s from "@kubernetes/client-node";
 import type { Logger } from "../log/logger.js";
+import { Api } from "./api.js";
 
 export interface EventTarget {
   apiVersion: string;
@@ -15,7 +16,7 @@ export interface EventTarget {
  * per 10 minutes, so a reconcile loop cannot flood the apiserver.
  */
 export class EventRecorder {
-  private core: k8s.CoreV1Api;
+  private api: Api;
   private recent = new Map<string, number>();
 
   constructor(
@@ -24,22 +25,25 @@ export class EventRecorder {
     private log: Logger,
     private host?: string,
   ) {
-    this.core = kc.makeApiClient(k8s.CoreV1Api);
+    this.api = Api.for(kc);
   }
 
   async record(target: EventTarget, type: "Normal" | "Warning", reason: string, message: string): Promise<void> {
     const key = `${target.uid ?? target.name}|${reason}|${message}`;
     const now = Date.now();
     if ((this.recent.get(key) ?? 0) > now - 600_000) return;
+    this.recent.delete(key);
     this.recent.set(key, now);
-    if (this.recent.size > 10_000) this.recent.clear();
+    // Oldest first: forget the least recent key once the map is full.
+    if (this.recent.size > 10_000) this.recent.delete(this.recent.keys().next().value as string);
     // Events about cluster-scoped objects live in "default", as kubectl expects.
     const namespace = target.namespace ?? "default";
     const time = new Date();
     try {
-      await this.core.createNamespacedEvent({
-        namespace,
+      await this.api.request("POST", `/api/v1/namespaces/${namespace}/events`, {
         body: {
+          apiVersion: "v1",
+          kind: "Event",
           metadata: { name: `${target.name}.${randomBytes(8).toString("hex")}`, namespace },
           involvedObject: {
             apiVersion: target.apiVersion,
@@ -54,8 +58,8 @@ export class EventRecorder {
           source: { component: this.component, ...(this.host ? { host: this.host } : {}) },
           reportingComponent: this.component,
           reportingInstance: this.host ?? this.component,
-          firstTimestamp: time,
-          lastTimestamp: time,
+          firstTimestamp: time.toISOString(),
+          lastTimestamp: time.toISOString(),
           count: 1,
         },
       });

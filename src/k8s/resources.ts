@@ -1,5 +1,5 @@
-import * as k8s from "@kubernetes/client-node";
-import { applyOptions } from "./client.js";
+import type * as k8s from "@kubernetes/client-node";
+import { Api } from "./api.js";
 
 /** Where a kind lives in the API: enough to list, watch, apply and delete it. */
 export interface ResourceType {
@@ -43,89 +43,106 @@ export function apiVersionOf(type: ResourceType): string {
   return `${type.group}/${type.version}`;
 }
 
-export function collectionPath(type: ResourceType): string {
-  return `/apis/${type.group}/${type.version}/${type.plural}`;
+export const NODES: ResourceType = { group: "", version: "v1", plural: "nodes", kind: "Node", namespaced: false };
+
+/** The collection path, across all namespaces unless one is given. */
+export function collectionPath(type: ResourceType, namespace?: string): string {
+  const base = type.group ? `/apis/${type.group}/${type.version}` : `/api/${type.version}`;
+  return type.namespaced && namespace ? `${base}/namespaces/${namespace}/${type.plural}` : `${base}/${type.plural}`;
 }
+
+export function objectPath(type: ResourceType, name: string, namespace?: string): string {
+  return `${collectionPath(type, type.namespaced ? (namespace ?? "default") : undefined)}/${encodeURIComponent(name)}`;
+}
+
+const APPLY = "application/apply-patch+yaml";
 
 type Obj = k8s.KubernetesObject & Record<string, unknown>;
 
+export interface WriteOptions {
+  /** Aborts the request (a controller that lost its Lease stops writing at once). */
+  signal?: AbortSignal;
+}
+
 /**
- * Custom-object calls with the content types Spindle needs: every write is a server-side apply
- * under a named field manager, deletes can carry preconditions.
+ * Calls for one kind, over the process's keep-alive connection (api.ts): every write is a
+ * server-side apply under a named field manager, lists are paginated, deletes can carry
+ * preconditions.
  */
 export class ResourceClient<T extends Obj = Obj> {
-  private api: k8s.CustomObjectsApi;
+  private api: Api;
 
   constructor(
     kc: k8s.KubeConfig,
     readonly type: ResourceType,
     readonly fieldManager: string,
   ) {
-    this.api = kc.makeApiClient(k8s.CustomObjectsApi);
+    this.api = Api.for(kc);
   }
 
-  private base(namespace?: string) {
-    const { group, version, plural } = this.type;
-    return { group, version, plural, ...(this.type.namespaced ? { namespace: namespace ?? "default" } : {}) };
-  }
-
+  /** Every object (all pages), in one namespace or all of them. */
   async list(
     namespace?: string,
     labelSelector?: string,
   ): Promise<{ items: T[]; metadata: { resourceVersion?: string } }> {
-    const b = { ...this.base(namespace), ...(labelSelector ? { labelSelector } : {}) };
-    const res =
-      this.type.namespaced && namespace
-        ? await this.api.listNamespacedCustomObject({ ...b, namespace })
-        : this.type.namespaced
-          ? await this.api.listCustomObjectForAllNamespaces(b)
-          : await this.api.listClusterCustomObject(b);
-    return res as { items: T[]; metadata: { resourceVersion?: string } };
+    const items: T[] = [];
+    let continueToken: string | undefined;
+    let resourceVersion: string | undefined;
+    do {
+      const page = await this.api.request<{ items: T[]; metadata: { resourceVersion?: string; continue?: string } }>(
+        "GET",
+        collectionPath(this.type, namespace),
+        { query: { labelSelector, limit: 500, continue: continueToken } },
+      );
+      for (const item of page.items) items.push(item);
+      continueToken = page.metadata.continue || undefined;
+      resourceVersion = page.metadata.resourceVersion;
+    } while (continueToken);
+    return { items, metadata: { resourceVersion } };
   }
 
-  async get(name: string, namespace?: string): Promise<T> {
-    const b = this.base(namespace);
-    return (
-      this.type.namespaced
-        ? await this.api.getNamespacedCustomObject({ ...b, namespace: b.namespace!, name })
-        : await this.api.getClusterCustomObject({ ...b, name })
-    ) as T;
+  get(name: string, namespace?: string): Promise<T> {
+    return this.api.request<T>("GET", objectPath(this.type, name, namespace));
   }
 
   /** Server-side apply of the object's spec (and metadata); `force` takes fields from other managers. */
-  async apply(body: T, force = true): Promise<T> {
-    const name = body.metadata!.name!;
-    const b = this.base(body.metadata?.namespace);
-    const args = { ...b, name, body, fieldManager: this.fieldManager, force };
-    return (
-      this.type.namespaced
-        ? await this.api.patchNamespacedCustomObject({ ...args, namespace: b.namespace! }, applyOptions)
-        : await this.api.patchClusterCustomObject(args, applyOptions)
-    ) as T;
+  apply(body: T, force = true, options: WriteOptions = {}): Promise<T> {
+    return this.patch("", body, force, options);
   }
 
   /** Server-side apply of the status subresource. */
-  async applyStatus(body: T, force = true): Promise<T> {
-    const name = body.metadata!.name!;
-    const b = this.base(body.metadata?.namespace);
-    const args = { ...b, name, body, fieldManager: this.fieldManager, force };
-    return (
-      this.type.namespaced
-        ? await this.api.patchNamespacedCustomObjectStatus({ ...args, namespace: b.namespace! }, applyOptions)
-        : await this.api.patchClusterCustomObjectStatus(args, applyOptions)
-    ) as T;
+  applyStatus(body: T, force = true, options: WriteOptions = {}): Promise<T> {
+    return this.patch("/status", body, force, options);
   }
 
-  /** Deletes, optionally only if the object is still the given uid and resourceVersion. */
+  private patch(subresource: string, body: T, force: boolean, options: WriteOptions): Promise<T> {
+    const path = objectPath(this.type, body.metadata!.name!, body.metadata?.namespace) + subresource;
+    return this.api.request<T>("PATCH", path, {
+      query: { fieldManager: this.fieldManager, force: force ? "true" : undefined },
+      body,
+      contentType: APPLY,
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * Deletes, optionally only if the object is still the given uid and resourceVersion. Answers
+   * the object (still there, with a deletionTimestamp, while finalizers run) or a Status (gone).
+   */
   async delete(
     name: string,
     namespace?: string,
     preconditions?: { uid?: string; resourceVersion?: string },
-  ): Promise<void> {
-    const b = this.base(namespace);
-    const body: k8s.V1DeleteOptions = { propagationPolicy: "Background", ...(preconditions ? { preconditions } : {}) };
-    if (this.type.namespaced)
-      await this.api.deleteNamespacedCustomObject({ ...b, namespace: b.namespace!, name, body });
-    else await this.api.deleteClusterCustomObject({ ...b, name, body });
+    options: WriteOptions = {},
+  ): Promise<T | { kind: "Status" }> {
+    return this.api.request("DELETE", objectPath(this.type, name, namespace), {
+      body: {
+        kind: "DeleteOptions",
+        apiVersion: "v1",
+        propagationPolicy: "Background",
+        ...(preconditions ? { preconditions } : {}),
+      },
+      signal: options.signal,
+    });
   }
 }
