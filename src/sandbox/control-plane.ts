@@ -237,6 +237,9 @@ export class ControlPlane {
           "--cidr=10.244.0.1/16",
           "--node-ip=127.0.0.1",
           `--server-address=127.0.0.1:${this.ports.kwok}`,
+          // Node leases renewed every 10 s, as a kubelet does: without them the node lifecycle
+          // controller marks every node NotReady after its grace period, and pods flip with them.
+          "--node-lease-duration-seconds=40",
         ];
       case "spin-operator":
         return [

@@ -169,29 +169,38 @@ describe("controller: DeviceSpinApp -> one SpinApp per device", () => {
     );
   });
 
-  it("rejects templates Spin or SpinKube would refuse with a condition and an Event, creating nothing", async () => {
+  it("rejects at admission the templates it can check there, naming the field", async () => {
     const cases: [string, Record<string, unknown>, RegExp][] = [
-      ["no-image", { image: "" }, /image/],
-      ["zero-replicas", { replicas: 0 }, /replicas must be at least 1/],
+      ["zero-replicas", { replicas: 0 }, /replicas/],
       ["bad-variable", { variables: [{ name: "Bad__Name", value: "x" }] }, /Spin variable name/],
     ];
     for (const [name, templateSpec, message] of cases) {
-      await deviceSpinApp(name, {}, templateSpec);
-      const c = await eventually(`${name}: InvalidTemplate`, async () => {
-        const got = await condition(name, "DevicesAvailable");
-        return got?.reason === "InvalidTemplate" ? got : undefined;
-      });
-      expect(c.message).toMatch(message);
-      expect(await appsOf(name)).toHaveLength(0);
-      await eventually(`${name}: an Event`, async () => {
-        const events = await core.listNamespacedEvent({
-          namespace: ns.name,
-          fieldSelector: `involvedObject.name=${name}`,
-        });
-        return events.items.some((e) => e.reason === "InvalidTemplate");
-      });
-      await dsas.delete(name, ns.name);
+      const err = await deviceSpinApp(name, {}, templateSpec).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err, `${name} was accepted`).toBeDefined();
+      expect(String((err as { body?: string }).body ?? err)).toMatch(message);
     }
+  });
+
+  it("reports templates SpinKube would refuse with a condition and an Event, creating nothing", async () => {
+    const name = "no-image";
+    await deviceSpinApp(name, {}, { image: "" });
+    const c = await eventually(`${name}: InvalidTemplate`, async () => {
+      const got = await condition(name, "DevicesAvailable");
+      return got?.reason === "InvalidTemplate" ? got : undefined;
+    });
+    expect(c.message).toMatch(/image/);
+    expect(await appsOf(name)).toHaveLength(0);
+    await eventually(`${name}: an Event`, async () => {
+      const events = await core.listNamespacedEvent({
+        namespace: ns.name,
+        fieldSelector: `involvedObject.name=${name}`,
+      });
+      return events.items.some((e) => e.reason === "InvalidTemplate");
+    });
+    await dsas.delete(name, ns.name);
   });
 
   it("lets the garbage collector remove the SpinApp when its Device is deleted while no controller runs", async () => {
