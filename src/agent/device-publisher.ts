@@ -68,6 +68,7 @@ export class DevicePublisher {
   private queue: WorkQueue;
   /** When a new or changed device was first reported, until its Device is written. */
   private reportedAt = new Map<string, number>();
+  private adopted = false;
   private nodeTimer: NodeJS.Timeout | undefined;
   private warnedResourceCap = false;
   private advertising = false;
@@ -118,6 +119,7 @@ export class DevicePublisher {
    * (not deleted, not rewritten) for its grace period, unless discovery reports it again.
    */
   adopt(): void {
+    this.adopted = true;
     const now = Date.now();
     for (const d of this.cache.list()) {
       if (!d.spec.nodes.includes(this.nodeName)) continue;
@@ -429,6 +431,8 @@ export class DevicePublisher {
    * apiserver).
    */
   private scheduleNodeResources(): void {
+    // Before adoption this node's view is empty, not "no devices": never advertise it.
+    if (!this.adopted) return;
     if (this.advertising) {
       this.advertiseAgain = true;
       return;

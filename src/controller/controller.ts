@@ -202,7 +202,9 @@ export class Controller {
     clearTimeout(this.wakeTimer);
     if (planned.wakeAt !== undefined && !this.signal.aborted)
       this.wakeTimer = setTimeout(() => this.schedule(), Math.max(0, planned.wakeAt - Date.now()) + 10);
-    // What we wrote changes the caches, which schedules the next plan; failures retry with backoff.
+    // What we wrote changes the caches, which schedules the next plan; a refusal changes what the
+    // plan decides (the slot goes to others) without any watch event, so plan again now.
+    if (result.refused > 0) this.schedule();
     if (result.transient > 0) throw new Error(`${result.transient} write(s) failed`);
   }
 

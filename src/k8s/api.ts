@@ -102,7 +102,9 @@ export class Api {
   /** One call; resolves with the parsed JSON body, rejects with ApiError on a status >= 300. */
   async request<T>(method: string, path: string, init: RequestInit = {}): Promise<T> {
     const options = await this.options(method, path, init);
-    const payload = init.body === undefined ? undefined : JSON.stringify(init.body);
+    const payload = init.body === undefined ? undefined : Buffer.from(JSON.stringify(init.body));
+    // A sized body, not a chunked one: some proxies refuse a chunked DELETE.
+    if (payload) (options.headers as Record<string, string | number>)["Content-Length"] = payload.length;
     return new Promise<T>((resolve, reject) => {
       const req = httpsRequest(options, (res) => {
         const chunks: Buffer[] = [];

@@ -172,7 +172,7 @@ describe("controller: DeviceSpinApp -> one SpinApp per device", () => {
   it("rejects at admission the templates it can check there, naming the field", async () => {
     const cases: [string, Record<string, unknown>, RegExp][] = [
       ["zero-replicas", { replicas: 0 }, /replicas/],
-      ["bad-variable", { variables: [{ name: "Bad__Name", value: "x" }] }, /Spin variable name/],
+      ["bad-variable", { variables: [{ name: "Bad__Name", value: "x" }] }, /variables\[0\]\.name.*should match/],
     ];
     for (const [name, templateSpec, message] of cases) {
       const err = await deviceSpinApp(name, {}, templateSpec).then(
