@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Spindle's tests and sandbox need and a fresh machine may lack: Mosquitto (the
-# real MQTT broker the tests run against) and iproute2 (network namespaces for multicast tests),
+# real MQTT broker the tests run against), iproute2 (network namespaces for multicast tests) and
+# openssl (test certificates),
 # from Debian's packages. Go is checked, not installed: the sandbox builds Kubernetes with it.
 set -euo pipefail
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# openssl makes the test certificates of the fault-injecting proxy and the stand-in apiserver.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"

@@ -1,10 +1,7 @@
 import { Command } from "commander";
-import { agentCommand } from "./commands/agent.js";
-import { controllerCommand } from "./commands/controller.js";
-import { crdsCommand } from "./commands/crds.js";
-import { devCommand } from "./commands/dev.js";
-import { sandboxCommand } from "./commands/sandbox.js";
-import { statusCommand } from "./commands/status.js";
+
+// Each command's module is imported only when that command runs, so `spindle <command> --help`
+// loads commander alone and the agent never loads the controller, the sandbox or the dev tools.
 
 const program = new Command("spindle")
   .description("Finds edge devices and runs SpinKube SpinApps bound to them.")
@@ -14,21 +11,21 @@ program
   .command("crds")
   .description("Print Spindle's CRDs as YAML (generated from the zod schemas in src/api)")
   .option("--write", "regenerate the files in crds/ instead of printing")
-  .action(crdsCommand);
+  .action(async (options) => (await import("./commands/crds.js")).crdsCommand(options));
 
 program
   .command("sandbox")
   .description(
     "Run a local Kubernetes control plane (etcd, apiserver, controller-manager, scheduler, KWOK nodes, spin-operator) until Ctrl-C; prints KUBECONFIG= and KUBECTL= when ready",
   )
-  .action(sandboxCommand);
+  .action(async () => (await import("./commands/sandbox.js")).sandboxCommand());
 
 program
   .command("dev")
   .description(
     "The whole system on a local sandbox: control plane, simulated devices, agents on edge-1 and edge-2, the controller, examples/, and a live view with keys to plug and unplug devices",
   )
-  .action(devCommand);
+  .action(async () => (await import("./commands/dev.js")).devCommand());
 
 program
   .command("agent")
@@ -45,7 +42,7 @@ program
     "serve /metrics, /healthz and /readyz here (env SPINDLE_HTTP_ADDRESS; default: off)",
     process.env.SPINDLE_HTTP_ADDRESS,
   )
-  .action(agentCommand);
+  .action(async (options) => (await import("./commands/agent.js")).agentCommand(options));
 
 program
   .command("controller")
@@ -60,14 +57,14 @@ program
     "serve /metrics, /healthz and /readyz here (env SPINDLE_HTTP_ADDRESS; default: off)",
     process.env.SPINDLE_HTTP_ADDRESS,
   )
-  .action(controllerCommand);
+  .action(async (options) => (await import("./commands/controller.js")).controllerCommand(options));
 
 program
   .command("status")
   .description("Show devices per configuration, DeviceSpinApps with their SpinApps and pods, and recent events")
   .option("--kubeconfig <path>", "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
   .option("-o, --output <format>", "table or json", "table")
-  .action(statusCommand);
+  .action(async (options) => (await import("./commands/status.js")).statusCommand(options));
 
 try {
   await program.parseAsync();

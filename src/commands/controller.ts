@@ -1,3 +1,4 @@
+import type { Server } from "node:http";
 import { hostname } from "node:os";
 import { Controller } from "../controller/controller.js";
 import { loadKubeConfig } from "../k8s/client.js";
@@ -15,6 +16,12 @@ export interface ControllerCommandOptions {
   httpAddress?: string;
 }
 
+/** Resolves when `signal` aborts. */
+function aborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+}
+
 /** `spindle controller`: one active replica (Lease), DeviceSpinApps -> SpinApps until SIGTERM. */
 export async function controllerCommand(options: ControllerCommandOptions): Promise<void> {
   const log = createLogger("spindle-controller");
@@ -22,6 +29,7 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
   const identity = options.identity ?? `${hostname()}-${process.pid}`;
   const leaseSeconds = Number(options.leaseSeconds);
   if (!Number.isInteger(leaseSeconds) || leaseSeconds < 2) throw new Error("--lease-seconds must be an integer >= 2");
+  // Renew deadline two thirds of the Lease; each attempt times out after min(retry, deadline / 2).
   const election = new LeaderElection(
     kc,
     {
@@ -29,13 +37,14 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
       name: options.leaseName,
       identity,
       leaseSeconds,
-      retrySeconds: Math.max(1, Math.floor(leaseSeconds / 3)),
+      retrySeconds: Math.max(1, Math.floor(leaseSeconds / 5)),
     },
     log,
   );
   let stopping = false;
-  const signal = untilSignal().then((sig) => {
+  const stopSignal = untilSignal().then((sig) => {
     stopping = true;
+    election.stop();
     return sig;
   });
   let controller: Controller | undefined;
@@ -44,33 +53,65 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
   const server = options.httpAddress
     ? await startHttpServer(options.httpAddress, () => ({ ok: state !== "starting", reason: state }), log)
     : undefined;
-  // Campaign, lead until the Lease is lost, stop writing at once, campaign again: a replica that
-  // lost its Lease (say, while the apiserver was down) becomes a standby instead of dying.
+  // Campaign, lead until the Lease is lost, stop writing at once (the signal fences the writes),
+  // campaign again: a replica that lost its Lease (say, while the apiserver was down) becomes a
+  // standby instead of dying.
   const leadership = (async () => {
     while (!stopping) {
-      let lost!: () => void;
-      const lostLease = new Promise<void>((r) => {
-        lost = r;
-      });
-      await election.acquire(lost);
-      if (stopping) return;
+      const leading = await election.acquire();
+      if (!leading || stopping) return;
       state = "starting";
-      controller = new Controller(kc, log);
-      await controller.start();
-      state = "leading";
-      log.info("controller started");
-      await Promise.race([lostLease, signal]);
-      if (stopping) return;
+      // The leadership signal fences the controller's writes: aborted the moment the Lease is lost.
+      const current = new Controller(kc, log, leading);
+      controller = current;
+      const started = current.start().then(
+        () => "started" as const,
+        (err) => {
+          if (leading.aborted || stopping) return "aborted" as const;
+          throw err;
+        },
+      );
+      if ((await Promise.race([started, aborted(leading), stopSignal])) === "started" && !leading.aborted) {
+        state = "leading";
+        log.info("controller started");
+        await Promise.race([aborted(leading), stopSignal]);
+      }
+      if (stopping) return; // the shutdown below drains it
       state = "standby";
-      await controller.stop();
+      await current.stop();
       controller = undefined;
       log.warn("stopped acting after losing the Lease; campaigning again");
     }
   })();
-  log.info({ signal: await signal }, "stopping");
+
+  let failure: unknown;
+  const outcome = await Promise.race([
+    stopSignal,
+    leadership.then(
+      () => undefined,
+      (err) => {
+        failure = err;
+      },
+    ),
+  ]);
+  if (failure === undefined) log.info({ signal: outcome }, "stopping");
+  else log.error({ err: String(failure) }, "controller failed; stopping");
+  stopping = true;
   election.stop();
+  await leadership.catch(() => undefined);
+  // Drain writes while still holding (and renewing) the Lease, then give it up, so the standby
+  // takes over at once and never overlaps with a write of ours.
   await controller?.stop();
-  await Promise.race([leadership, new Promise((r) => setTimeout(r, 1000))]);
+  controller = undefined;
   await election.release();
-  server?.close();
+  if (server) await closeServer(server);
+  log.info("stopped");
+  if (failure !== undefined) throw failure;
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+  });
 }

@@ -1,5 +1,5 @@
 import type * as k8s from "@kubernetes/client-node";
-import { HANDLERS } from "../../discovery-handlers/index.js";
+import { HANDLER_SCHEMAS } from "../../discovery-handlers/schemas.js";
 import { formatIssues } from "../api/common.js";
 import type { Device } from "../api/device.js";
 import { Cache } from "../k8s/cache.js";
@@ -225,12 +225,12 @@ function validateDetails(
   name: string,
   details: unknown,
 ): { ok: true } | { ok: false; reason: string; message: string } {
-  const handler = HANDLERS.get(name);
+  const handler = HANDLER_SCHEMAS.get(name);
   if (!handler)
     return {
       ok: false,
       reason: "UnknownHandler",
-      message: `discoveryHandler.name: unknown handler "${name}" (known: ${[...HANDLERS.keys()].join(", ")})`,
+      message: `discoveryHandler.name: unknown handler "${name}" (known: ${[...HANDLER_SCHEMAS.keys()].join(", ")})`,
     };
   const parsed = handler.detailsSchema.safeParse(details);
   return parsed.success

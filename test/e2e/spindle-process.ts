@@ -53,6 +53,12 @@ export class SpindleProcess {
       .map((l) => JSON.parse(l) as Record<string, unknown>);
   }
 
+  /** Resolves once the process has exited, with its exit code, or the signal that ended it. */
+  async exitStatus(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    await this.exited;
+    return { code: this.child.exitCode, signal: this.child.signalCode };
+  }
+
   async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
     if (this.child.exitCode !== null || this.child.signalCode !== null) return;
     this.child.kill(signal);
