@@ -179,26 +179,18 @@ async function run(action: Action, deps: ExecutorDeps, signal: AbortSignal): Pro
         void deps.events.record(target, "Normal", "Unbound", `SpinApp ${action.name} removed: ${action.reason}`);
       return true;
     }
-    case "applyAllocations": {
-      try {
-        const applied = await clients.devices.applyStatus(
-          {
-            apiVersion: "spindle.dev/v1alpha1",
-            kind: "Device",
-            metadata: { name: action.device },
-            status: { allocations: action.allocations, used: action.allocations.length },
-          },
-          true,
-          opts,
-        );
-        caches.devices.observeWrite(applied);
-      } catch (err) {
-        if (statusCode(err) === 404) return false; // the device went; the next plan sees that
-        throw err;
-      }
-      apiWrites.inc({ resource: "devices/status", verb: "apply" });
-      return true;
-    }
+    case "applyAllocations":
+      return applyStatus(
+        deps,
+        "devices",
+        "Device",
+        { name: action.device },
+        {
+          allocations: action.allocations,
+          used: action.allocations.length,
+        },
+        opts,
+      );
     case "applySpinApp": {
       const key = `${action.spinApp.metadata.namespace}/${action.spinApp.metadata.name}`;
       const applied = await clients.spinApps.apply(action.spinApp as unknown as Obj, true, opts);
@@ -218,50 +210,51 @@ async function run(action: Action, deps: ExecutorDeps, signal: AbortSignal): Pro
       } else if (!hadFailed) log.info({ spinApp: key, device: action.device }, "SpinApp updated to its desired spec");
       return true;
     }
-    case "applyDsaStatus": {
-      try {
-        const applied = await clients.dsas.applyStatus(
-          {
-            apiVersion: "spindle.dev/v1alpha1",
-            kind: "DeviceSpinApp",
-            metadata: { name: action.name, namespace: action.namespace },
-            status: action.status,
-          },
-          true,
-          opts,
-        );
-        caches.dsas.observeWrite(applied);
-      } catch (err) {
-        if (statusCode(err) === 404) return false;
-        throw err;
-      }
-      apiWrites.inc({ resource: "devicespinapps/status", verb: "apply" });
-      return true;
-    }
-    case "applyConfigurationStatus": {
-      try {
-        const applied = await clients.configs.applyStatus(
-          {
-            apiVersion: "spindle.dev/v1alpha1",
-            kind: "DeviceConfiguration",
-            metadata: { name: action.name },
-            status: action.status,
-          },
-          true,
-          opts,
-        );
-        caches.configs.observeWrite(applied);
-      } catch (err) {
-        if (statusCode(err) === 404) return false;
-        throw err;
-      }
-      apiWrites.inc({ resource: "deviceconfigurations/status", verb: "apply" });
-      return true;
-    }
+    case "applyDsaStatus":
+      return applyStatus(
+        deps,
+        "dsas",
+        "DeviceSpinApp",
+        { name: action.name, namespace: action.namespace },
+        action.status,
+        opts,
+      );
+    case "applyConfigurationStatus":
+      return applyStatus(deps, "configs", "DeviceConfiguration", { name: action.name }, action.status, opts);
     case "event": {
       const target = deps.dsaTarget(action.dsaKey);
       if (target) void deps.events.record(target, action.type, action.reason, action.message);
       return false;
     }
   }
+}
+
+const STATUS_RESOURCE = {
+  devices: "devices/status",
+  dsas: "devicespinapps/status",
+  configs: "deviceconfigurations/status",
+} as const;
+
+/** Server-side apply of one of our kinds' status; false when the object is gone (the next plan sees that). */
+async function applyStatus(
+  deps: ExecutorDeps,
+  which: keyof typeof STATUS_RESOURCE,
+  kind: string,
+  metadata: { name: string; namespace?: string },
+  status: unknown,
+  opts: { signal: AbortSignal },
+): Promise<boolean> {
+  try {
+    const applied = await deps.clients[which].applyStatus(
+      { apiVersion: "spindle.dev/v1alpha1", kind, metadata, status },
+      true,
+      opts,
+    );
+    deps.caches[which].observeWrite(applied);
+  } catch (err) {
+    if (statusCode(err) === 404) return false;
+    throw err;
+  }
+  apiWrites.inc({ resource: STATUS_RESOURCE[which], verb: "apply" });
+  return true;
 }

@@ -84,6 +84,22 @@ describe("reconcile core", () => {
       ),
     );
 
+  /** A proxy to the apiserver that fails the first 3 lists of every collection, and a kubeconfig for it. */
+  const failingFirstLists = async (seed: number) => {
+    const dir = inject("sandboxDir");
+    const proxy = await FaultProxy.start({
+      upstream: kc.getCurrentCluster()!.server,
+      caFile: join(dir, "pki", "apiserver.crt"),
+      certFile: join(dir, "pki", "apiserver.crt"),
+      keyFile: join(dir, "pki", "apiserver.key"),
+      seed,
+      plan: { failFirstList: 3 },
+    });
+    const kubeconfig = join(await mkdtemp(join(tmpdir(), "rc-proxy-")), "kubeconfig");
+    await proxy.writeKubeconfig(kubeconfig, kc.getCurrentUser()!.token!);
+    return { proxy, kubeconfig };
+  };
+
   beforeAll(async () => {
     ns = await testNamespace("rc");
     usb = await UsbFixture.create();
@@ -261,18 +277,8 @@ describe("reconcile core", () => {
     await controller.stop();
     const before = (await appsOf("reader")).map((s) => s.metadata!.uid).sort();
     expect(before.length).toBe(2);
-    const dir = inject("sandboxDir");
-    const proxy = await FaultProxy.start({
-      upstream: kc.getCurrentCluster()!.server,
-      caFile: join(dir, "pki", "apiserver.crt"),
-      certFile: join(dir, "pki", "apiserver.crt"),
-      keyFile: join(dir, "pki", "apiserver.key"),
-      seed: 10,
-      plan: { failFirstList: 3 },
-    });
+    const { proxy, kubeconfig } = await failingFirstLists(10);
     try {
-      const kubeconfig = join(await mkdtemp(join(tmpdir(), "rc-proxy-")), "kubeconfig");
-      await proxy.writeKubeconfig(kubeconfig, kc.getCurrentUser()!.token!);
       controller = await startController("rc-b", { KUBECONFIG: kubeconfig });
       await eventually("the controller to list after failures", async () =>
         controller.entries().some((e) => e.msg === "caches synced"),
@@ -297,18 +303,8 @@ describe("reconcile core", () => {
     const unplugged = (await deviceNamed("RC2")).metadata.name!;
     await usb.unplug("1-2"); // while no agent runs: only adoption can notice
 
-    const dir = inject("sandboxDir");
-    const proxy = await FaultProxy.start({
-      upstream: kc.getCurrentCluster()!.server,
-      caFile: join(dir, "pki", "apiserver.crt"),
-      certFile: join(dir, "pki", "apiserver.crt"),
-      keyFile: join(dir, "pki", "apiserver.key"),
-      seed: 11,
-      plan: { failFirstList: 3 },
-    });
+    const { proxy, kubeconfig } = await failingFirstLists(11);
     try {
-      const kubeconfig = join(await mkdtemp(join(tmpdir(), "rc-proxy-")), "kubeconfig");
-      await proxy.writeKubeconfig(kubeconfig, kc.getCurrentUser()!.token!);
       agent = await SpindleProcess.agent(NODE, ["--handlers", "usb"], { KUBECONFIG: kubeconfig });
       processes.push(agent);
       await eventually("the agent to start", async () => agent.entries().some((e) => e.msg === "agent started"));
