@@ -15,7 +15,8 @@ export default defineConfig({
       {
         test: {
           name: "e2e",
-          include: ["test/e2e/**/*.test.ts"],
+          // examples/app-team-test: an app team's own test, run against the same sandbox.
+          include: ["test/e2e/**/*.test.ts", "examples/**/*.test.ts"],
           globalSetup: ["test/e2e/global-setup.ts"],
           testTimeout: 180_000,
           hookTimeout: 900_000,

@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import type { DeviceMount, DeviceNode } from "../src/api/device.js";
 import type { Logger } from "../src/log/logger.js";
 
 /** One device as a handler reports it. */
@@ -9,6 +10,10 @@ export interface DiscoveredDevice {
   properties: Record<string, string>;
   /** Set when the device was found but could not be fully read (wrong credentials, timeout). */
   problem?: string;
+  /** Host paths a container would mount (Akri's Mount); external handlers set them. */
+  mounts?: DeviceMount[];
+  /** Host device nodes a container would get (Akri's DeviceSpec); external handlers set them. */
+  deviceSpecs?: DeviceNode[];
 }
 
 export interface DiscoveryContext<Details> {
@@ -31,5 +36,10 @@ export interface DiscoveryHandler<Details = unknown> {
   /** Shared devices are seen by several nodes (network cameras); local ones by one node (USB). */
   shared: boolean;
   detailsSchema: z.ZodType<Details>;
+  /**
+   * Details as the agent on `nodeName` runs them (per-node overrides such as `nodeInterfaces`);
+   * the agent calls it after validating and before `discover`. Absent: the details as given.
+   */
+  forNode?(details: Details, nodeName: string): Details;
   discover(context: DiscoveryContext<Details>): AsyncIterable<DiscoveredDevice[]>;
 }

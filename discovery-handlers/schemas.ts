@@ -2,6 +2,7 @@ import type { DiscoveryHandler } from "./handler.js";
 import { mdnsDetails } from "./mdns/details.js";
 import { mqttDetails } from "./mqtt/details.js";
 import { onvifDetails } from "./onvif/details.js";
+import { opcuaDetails } from "./opcua/details.js";
 import { usbDetails } from "./usb/details.js";
 
 /** What the controller needs to know of a handler: its name, its details schema, whether devices are shared. */
@@ -19,6 +20,7 @@ export const HANDLER_SCHEMAS: ReadonlyMap<string, HandlerSchema> = new Map(
       { name: "onvif", detailsSchema: onvifDetails, shared: true },
       { name: "mqtt", detailsSchema: mqttDetails, shared: true },
       { name: "mdns", detailsSchema: mdnsDetails, shared: true },
+      { name: "opcua", detailsSchema: opcuaDetails, shared: true },
     ] as HandlerSchema[]
   ).map((h) => [h.name, h]),
 );

@@ -1,11 +1,23 @@
 /**
- * Builds (or finds in the cache) every binary the sandbox and the tests run, before the tests
- * start, so a cold build on a fresh machine is timed and reported on its own.
+ * Builds (or finds in the cache) the sandbox's Go binaries ahead of time:
+ * `npx tsx scripts/build-tools.ts [module...]` (default: every module under tools/). `spindle dev`
+ * and the e2e tests build what they need on their own; this is for warming a cache or timing a
+ * cold build on its own.
  */
-import { ensureBinaries } from "../src/sandbox/build.js";
+import { ALL_MODULES, ensureBinaries, type ModuleName } from "../src/sandbox/build.js";
+import { formatDuration } from "../src/sandbox/build-progress.js";
 
+const asked = process.argv.slice(2);
+const unknown = asked.filter((m) => !ALL_MODULES.includes(m as ModuleName));
+if (unknown.length > 0) {
+  process.stderr.write(`unknown module ${unknown.join(", ")}; the modules are: ${ALL_MODULES.join(", ")}\n`);
+  process.exit(2);
+}
 const started = Date.now();
-const binaries = await ensureBinaries();
+const binaries = await ensureBinaries(undefined, {
+  modules: asked.length > 0 ? (asked as ModuleName[]) : ALL_MODULES,
+  progress: true,
+});
 process.stderr.write(
-  `sandbox binaries ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${Object.keys(binaries).join(", ")}\n`,
+  `sandbox binaries ready in ${formatDuration(Date.now() - started)}: ${Object.keys(binaries).join(", ")}\n`,
 );

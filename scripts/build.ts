@@ -4,9 +4,9 @@
  * command's code is a chunk loaded only when that command runs (src/cli.ts imports the commands
  * lazily). Everything is bundled except native modules (`usb`), which stay in node_modules.
  *
- * `spindle dev` and `spindle sandbox` are left out: they need the repository (examples/, tools/,
- * the simulated devices and mocks) and run from the sources. docs/decisions.md has the figures
- * behind bundling over plain tsc output.
+ * `spindle dev`, `spindle sandbox` and `spindle simulate` are left out: they need the repository
+ * (examples/, tools/, the simulated devices, mocks and aedes) and run from the sources.
+ * docs/decisions.md has the figures behind bundling over plain tsc output.
  */
 import { rm } from "node:fs/promises";
 import { resolve } from "node:path";
@@ -18,16 +18,24 @@ const ROOT = resolve(import.meta.dirname, "..");
 /** Native addons (and their loaders) cannot be bundled: they are imported from node_modules. */
 export const EXTERNAL = ["usb"];
 
+/**
+ * Optional peer dependencies that bundled code import()s on a path it never takes by default
+ * (node-opcua's lock helper @ster5/global-mutex: proper-lockfile). They are not installed, so
+ * esbuild must leave them external instead of failing the build.
+ */
+export const OPTIONAL_ABSENT = ["proper-lockfile"];
+
 /** Commands that run from the sources only; the build has a stub that says so. */
 const SOURCE_ONLY: Record<string, string> = {
   "./commands/dev.js": "devCommand",
   "./commands/sandbox.js": "sandboxCommand",
+  "./commands/simulate.js": "simulateCommand",
 };
 
 const sourceOnly: esbuild.Plugin = {
   name: "source-only-commands",
   setup(build) {
-    build.onResolve({ filter: /^\.\/commands\/(dev|sandbox)\.js$/ }, (args) =>
+    build.onResolve({ filter: /^\.\/commands\/(dev|sandbox|simulate)\.js$/ }, (args) =>
       args.importer === resolve(ROOT, "src/cli.ts") ? { path: args.path, namespace: "source-only" } : undefined,
     );
     build.onLoad({ filter: /.*/, namespace: "source-only" }, (args) => {
@@ -56,7 +64,7 @@ export async function build(outdir = resolve(ROOT, "dist")): Promise<esbuild.Met
     // Maps for `NODE_OPTIONS=--enable-source-maps`; never loaded otherwise.
     sourcemap: "linked",
     sourcesContent: false,
-    external: EXTERNAL,
+    external: [...EXTERNAL, ...OPTIONAL_ABSENT],
     plugins: [sourceOnly],
     // Bundled CommonJS packages call require() for Node's built-in modules.
     banner: {

@@ -1,24 +1,38 @@
 #!/usr/bin/env bash
-# Installs what Spindle's tests and sandbox need and a fresh machine may lack: Mosquitto (the
-# real MQTT broker the tests run against), iproute2 (network namespaces for multicast tests) and
-# openssl (test certificates),
-# from Debian's packages. Go is checked, not installed: the sandbox builds Kubernetes with it.
+# Installs what Spindle's tests need and a fresh Debian machine may lack, from Debian's
+# packages: Mosquitto (the real MQTT broker the tests run against), iproute2 (`ip netns` and
+# veth for the multicast tests, `ss`) and openssl (test certificates). Go and Node.js are
+# checked, not installed. `npm test` runs this first (the `pretest` script); when everything is
+# there it only checks and prints nothing.
 set -euo pipefail
 
+# Debian puts mosquitto and ip in /usr/sbin, which a non-root PATH often lacks.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
 missing=()
-command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-# openssl makes the test certificates of the fault-injecting proxy and the stand-in apiserver.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing Debian packages: ${missing[*]}"
-  if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-    echo "error: need root (or sudo) to install ${missing[*]}; install them by hand and rerun" >&2
+  cannot() {
+    echo "error: the tests need the Debian packages ${missing[*]}, and $1." >&2
+    echo "Install them as root, then rerun:  apt-get update && apt-get install -y ${missing[*]}" >&2
     exit 1
+  }
+  command -v apt-get >/dev/null 2>&1 || cannot "this machine has no apt-get (install mosquitto, iproute2 and openssl with its package manager)"
+  if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
+  elif command -v sudo >/dev/null 2>&1 && [ -t 0 ]; then
+    as_root=(sudo) # asks for the password on this terminal
+  else
+    cannot "this user ($(id -un)) is not root and cannot use sudo"
   fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  echo "installing Debian packages: ${missing[*]}"
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if ! command -v go >/dev/null 2>&1; then

@@ -28,6 +28,16 @@ program
   .action(async () => (await import("./commands/dev.js")).devCommand());
 
 program
+  .command("simulate")
+  .description(
+    "Start the simulated devices a scenario file declares (ONVIF cameras, MQTT devices, USB sysfs trees, mDNS services), play its timeline and print each event; Ctrl-C or the end of the scenario cleans up",
+  )
+  .argument("<scenario>", "scenario YAML file (examples/scenarios/)")
+  .option("-o, --output <format>", "text or json (one event per line)", "text")
+  .option("--check", "validate the scenario and exit")
+  .action(async (file, options) => (await import("./commands/simulate.js")).simulateCommand(file, options));
+
+program
   .command("agent")
   .description("Run discovery on one node and publish what it finds as Device objects")
   .option("--node <name>", "this node's name (default: $NODE_NAME)")
@@ -42,7 +52,38 @@ program
     "serve /metrics, /healthz and /readyz here (env SPINDLE_HTTP_ADDRESS; default: off)",
     process.env.SPINDLE_HTTP_ADDRESS,
   )
+  .option(
+    "--registration-socket <path>",
+    "serve Akri's discovery-handler registration (v0) on this unix socket, e.g. /var/lib/spindle/agent-registration.sock (env SPINDLE_REGISTRATION_SOCKET; default: off)",
+    process.env.SPINDLE_REGISTRATION_SOCKET,
+  )
+  .option(
+    "--allow-external-override <list>",
+    "built-in handlers an external handler may replace by registering the same name (env SPINDLE_ALLOW_EXTERNAL_OVERRIDE; default: none)",
+    process.env.SPINDLE_ALLOW_EXTERNAL_OVERRIDE,
+  )
+  .option(
+    "--placement <mode>",
+    "auto (DRA where the controller set it up, else node extended resources), dra or node-resources (env SPINDLE_PLACEMENT)",
+    process.env.SPINDLE_PLACEMENT ?? "auto",
+  )
   .action(async (options) => (await import("./commands/agent.js")).agentCommand(options));
+
+program
+  .command("handler")
+  .description("Run one built-in discovery handler out of process, registered with an agent over Akri's protocol (v0)")
+  .argument("<handler>", "the built-in handler to run (usb, onvif, mqtt, mdns, opcua)")
+  .requiredOption(
+    "--registration-socket <path>",
+    "the agent's registration socket (env SPINDLE_REGISTRATION_SOCKET)",
+    process.env.SPINDLE_REGISTRATION_SOCKET,
+  )
+  .option(
+    "--name <name>",
+    "the name to register (default: <handler>-external; a built-in name needs the agent's consent)",
+  )
+  .option("--socket <path>", "serve Discover on this unix socket (default: <registration dir>/<name>.sock)")
+  .action(async (handler, options) => (await import("./commands/handler.js")).handlerCommand(handler, options));
 
 program
   .command("controller")
@@ -56,6 +97,11 @@ program
     "--http-address <host:port>",
     "serve /metrics, /healthz and /readyz here (env SPINDLE_HTTP_ADDRESS; default: off)",
     process.env.SPINDLE_HTTP_ADDRESS,
+  )
+  .option(
+    "--placement <mode>",
+    "auto (DRA where the cluster maps extended resources to DeviceClasses, else node extended resources), dra or node-resources (env SPINDLE_PLACEMENT)",
+    process.env.SPINDLE_PLACEMENT ?? "auto",
   )
   .action(async (options) => (await import("./commands/controller.js")).controllerCommand(options));
 

@@ -41,6 +41,8 @@ export interface InjectedFault {
 }
 
 export interface FaultCounts {
+  /** TLS connections clients opened to the proxy. */
+  connections: number;
   requests: number;
   /** Requests sent to the apiserver (including ones later reset or cut short). */
   forwarded: number;
@@ -162,6 +164,7 @@ export class FaultProxy {
   private seq = 0;
   private readonly listsSeen = new Map<string, number>();
   private readonly tally: FaultCounts = {
+    connections: 0,
     requests: 0,
     forwarded: 0,
     errors: 0,
@@ -215,6 +218,7 @@ export class FaultProxy {
       proxy.sockets.set(key, socket);
       socket.once("close", () => proxy.sockets.delete(key));
     });
+    server.on("secureConnection", () => proxy.tally.connections++);
     server.on("request", (req: IncomingMessage, res) => proxy.handle(req, res));
     return proxy;
   }

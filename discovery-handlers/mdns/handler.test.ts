@@ -152,6 +152,33 @@ describe("discovery over loopback multicast", () => {
     expect(count("Timeout")).toBeLessThanOrEqual(timersBefore);
   });
 
+  it("browses on this node's interface from nodeInterfaces", async () => {
+    const type = uniqueType();
+    const parsed = mdnsDetails.parse({
+      serviceTypes: [type],
+      interface: "192.0.2.1",
+      nodeInterfaces: { "edge-a": LOOPBACK, "edge-b": "198.51.100.7" },
+    });
+    const details = mdnsHandler.forNode(parsed, "edge-a");
+    // Checked before browsing: nothing may go out on an interface other than loopback.
+    expect(details.interface).toBe(LOOPBACK);
+    expect(mdnsHandler.forNode(parsed, "edge-b").interface).toBe("198.51.100.7");
+    expect(mdnsHandler.forNode(parsed, "edge-c").interface).toBe("192.0.2.1");
+    expect(mdnsDetails.safeParse({ serviceTypes: ["http"], nodeInterfaces: { "edge-a": "lo" } }).success).toBe(false);
+    await advertise({ name: "per-node", type, port: 9 });
+    const controller = new AbortController();
+    controllers.push(controller);
+    const sets: DiscoveredDevice[][] = [];
+    const done = (async () => {
+      for await (const set of mdnsHandler.discover({ details, properties: {}, signal: controller.signal, log })) {
+        sets.push(set);
+      }
+    })();
+    await until(() => names(sets.at(-1) ?? []).includes("per-node"));
+    controller.abort();
+    await done;
+  });
+
   it("ends at once when the signal is already aborted", async () => {
     const sets: unknown[] = [];
     const details = mdnsDetails.parse({ serviceTypes: ["http"], interface: LOOPBACK });

@@ -4,7 +4,7 @@ import { passesFilter } from "../filter.js";
 import type { DiscoveredDevice, DiscoveryContext, DiscoveryHandler } from "../handler.js";
 import { boundProperties, propertyName, propertyValue } from "../sanitize.js";
 import { type MdnsPacket, openBonjour } from "./bonjour.js";
-import { type MdnsDetails, mdnsDetails, type ServiceType, serviceTypes } from "./details.js";
+import { type MdnsDetails, mdnsDetails, mdnsDetailsForNode, type ServiceType, serviceTypes } from "./details.js";
 
 /** First set after this long: answers to the opening query arrive within ~120 ms (RFC 6762 §6). */
 const SETTLE_MS = 1_000;
@@ -191,9 +191,13 @@ async function* discover({ details, signal, log }: DiscoveryContext<MdnsDetails>
   }
 }
 
-export const mdnsHandler: DiscoveryHandler<MdnsDetails> = {
+/** `forNode`: the agent resolves per-node details (`nodeInterfaces`) before `discover`. */
+export const mdnsHandler: DiscoveryHandler<MdnsDetails> & {
+  forNode(details: MdnsDetails, nodeName: string): MdnsDetails;
+} = {
   name: "mdns",
   shared: true,
   detailsSchema: mdnsDetails,
+  forNode: mdnsDetailsForNode,
   discover,
 };

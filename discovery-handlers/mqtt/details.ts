@@ -80,7 +80,11 @@ export const mqttDetails = z.strictObject({
     .meta({ description: "Local IP address of the interface mDNS queries go out on (when brokerUri is absent)." }),
   conventions: mqttConventions.prefault({}),
   homeAssistantPrefix: topicPrefix.default("homeassistant"),
-  homiePrefix: topicPrefix.default("homie"),
+  homiePrefix: topicPrefix.optional().meta({
+    description:
+      "Restricts Homie 5 discovery to this domain (<prefix>/5/+/$state) and sets the Homie 3/4 base topic; " +
+      "when absent, Homie 5 devices of every domain are found (+/5/+/$state, the convention's default) and Homie 3/4 ones under homie/.",
+  }),
   sparkplugGroups: filterList.optional().meta({ description: "Sparkplug group ids to include or exclude." }),
   deviceIds: filterList.optional().meta({ description: "Device ids (mqtt:<convention>:<id> or the bare id)." }),
   maxPayloadBytes: z.int().min(1).max(268_435_455).default(262_144).meta({

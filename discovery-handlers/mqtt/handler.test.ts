@@ -119,7 +119,70 @@ describe("mqtt handler", () => {
     });
   });
 
+  describe("Home Assistant device spread over several entity configs", () => {
+    it("publishes the device's details on each entity, and survives migration to device-based discovery", async () => {
+      // See home-assistant.test.ts for the sources (Home Assistant's MQTT docs, Tasmota's discovery).
+      const { ns, details } = namespace();
+      const sim = simulator();
+      const device = await sim.homeAssistantSharedDevice({
+        id: `${ns}plug`,
+        prefix: `${ns}-ha`,
+        entities: [
+          { component: "switch", objectId: "relay" },
+          { component: "sensor", objectId: "power" },
+          { component: "sensor", objectId: "rssi" },
+        ],
+        name: "Kitchen Plug",
+        manufacturer: "Tasmota",
+        model: "Sonoff S31",
+        modelId: "S31",
+        serialNumber: "A1B2C3",
+        swVersion: "13.2.0",
+        hwVersion: "ESP8266EX",
+      });
+      const discovery = run(details({}, { homeAssistant: true }));
+      const ids = device.uniqueIds.map((u) => `mqtt:homeassistant:${u}`);
+      await discovery.untilHas(ids);
+      for (const id of ids) {
+        expect(discovery.device(id)?.properties).toMatchObject({
+          MQTT_MANUFACTURER: "Tasmota",
+          MQTT_MODEL: "Sonoff S31",
+          MQTT_MODEL_ID: "S31",
+          MQTT_SERIAL_NUMBER: "A1B2C3",
+          MQTT_SW_VERSION: "13.2.0",
+          MQTT_HW_VERSION: "ESP8266EX",
+          MQTT_DEVICE_NAME: "Kitchen Plug",
+        });
+      }
+      const deviceTopic = await device.migrateToDeviceDiscovery();
+      await discovery.until("entities from the device-based config", (set) =>
+        ids.every((id) => set.find((d) => d.id === id)?.properties.MQTT_CONFIG_TOPIC === deviceTopic),
+      );
+      // No set during the migration held anything but these entities (no phantom device).
+      for (const set of discovery.sets) {
+        for (const d of set) expect(ids).toContain(d.id);
+      }
+    });
+  });
+
   describe("Homie", () => {
+    it("loses a Homie 5 bridge's whole tree through the bridge's last will, in any domain", async () => {
+      const { ns, details } = namespace();
+      const sim = simulator();
+      // No homiePrefix: Homie 5 discovery covers every domain (+/5/+/$state).
+      const discovery = run({ ...details({}, { homie: true }), homiePrefix: undefined });
+      const domain = `${ns}-homie`;
+      const bridge = await sim.homieBridge({ id: "zwave", children: ["dualrelay", "light1"], prefix: domain });
+      const ids = ["zwave", "dualrelay", "light1"].map((id) => `mqtt:homie:${domain}/${id}`);
+      await discovery.untilHas(ids);
+      expect(discovery.device(ids[2]!)?.properties).toMatchObject({
+        MQTT_TOPIC: `${domain}/5/light1`,
+        MQTT_HOMIE_ROOT: "zwave",
+      });
+      await bridge.crash();
+      await discovery.untilGone(ids);
+    });
+
     it("publishes a device while ready; gone via its last will when its socket dies", async () => {
       const { ns, details } = namespace();
       const sim = simulator();

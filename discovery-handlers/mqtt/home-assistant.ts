@@ -23,7 +23,12 @@ import {
  * `<prefix>/<component>/[<node_id>/]<object_id>/config`. Each entity is one device. An empty
  * config removes it; availability topics (`online`/`offline` by default) make it come and go.
  * Device-based discovery (`<prefix>/device/<object_id>/config` with `cmps`) gives one device per
- * component.
+ * component. A `{"migrate_discovery": true}` payload unloads what the topic held, as Home
+ * Assistant does while a device moves between the two forms.
+ *
+ * Like Home Assistant's device registry, entities whose `device` shares an identifier or a
+ * connection describe one device: its details (manufacturer, model, versions, ...) are merged
+ * across their configs, the latest config winning per field, and every entity publishes them.
  */
 
 export const HOME_ASSISTANT = "homeassistant";
@@ -45,6 +50,11 @@ export interface HomeAssistantEntity {
   properties: Record<string, string>;
   availability: Availability[];
   availabilityMode: AvailabilityMode;
+  /**
+   * The `device` of an entity with a unique_id (Home Assistant ties only those to a device):
+   * `keys` are its identifiers and connections, `properties` the details this config gives.
+   */
+  device?: { keys: string[]; properties: Record<string, string> };
 }
 
 export type HomeAssistantUpdate =
@@ -66,6 +76,7 @@ const ABBREVIATIONS: Record<string, string> = {
   dev: "device",
   dev_cla: "device_class",
   json_attr_t: "json_attributes_topic",
+  migr_discvry: "migrate_discovery",
   o: "origin",
   obj_id: "object_id",
   p: "platform",
@@ -91,6 +102,19 @@ const DEVICE_ABBREVIATIONS: Record<string, string> = {
 };
 
 const MAX_AVAILABILITY = 16;
+/** Identifiers and connections kept per device. */
+const MAX_DEVICE_KEYS = 32;
+
+/** The device details published, by the `device` field they come from. */
+const DEVICE_PROPERTIES: [string, string][] = [
+  ["MQTT_MANUFACTURER", "manufacturer"],
+  ["MQTT_MODEL", "model"],
+  ["MQTT_MODEL_ID", "model_id"],
+  ["MQTT_SERIAL_NUMBER", "serial_number"],
+  ["MQTT_SW_VERSION", "sw_version"],
+  ["MQTT_HW_VERSION", "hw_version"],
+  ["MQTT_DEVICE_NAME", "name"],
+];
 const MAX_COMPONENTS = 64;
 
 function expand(source: Record<string, unknown>, names: Record<string, string>): Record<string, unknown> {
@@ -183,25 +207,44 @@ function availabilityOf(config: Record<string, unknown>, base: string | undefine
   return entries.slice(0, MAX_AVAILABILITY);
 }
 
-function firstIdentifier(device: Record<string, unknown>): string | undefined {
+function identifiers(device: Record<string, unknown>): string[] {
   const ids = device.identifiers;
-  if (typeof ids === "string" || typeof ids === "number") return text(ids, 1024);
-  if (Array.isArray(ids)) {
-    for (const id of ids) {
-      const value = text(id, 1024);
-      if (value) return value;
+  const list = Array.isArray(ids) ? ids : [ids];
+  return list.map((id) => text(id, 1024)).filter((id): id is string => id !== undefined);
+}
+
+/** Connections as `[type, value]`; MAC addresses in Home Assistant's form (lower case, colons). */
+function connections(device: Record<string, unknown>): [string, string][] {
+  if (!Array.isArray(device.connections)) return [];
+  const out: [string, string][] = [];
+  for (const connection of device.connections) {
+    if (!Array.isArray(connection) || connection.length !== 2) continue;
+    const kind = text(connection[0], 64)?.toLowerCase();
+    let value = text(connection[1], 1024);
+    if (!kind || !value) continue;
+    if (kind === "mac") {
+      const hex = value.toLowerCase().replace(/[:.-]/g, "");
+      if (/^[0-9a-f]{12}$/.test(hex)) value = hex.match(/../g)!.join(":");
     }
+    out.push([kind, value]);
   }
-  if (Array.isArray(device.connections)) {
-    for (const connection of device.connections) {
-      if (Array.isArray(connection) && connection.length === 2) {
-        const kind = text(connection[0], 64);
-        const value = text(connection[1], 1024);
-        if (kind && value) return `${kind}:${value}`;
-      }
-    }
-  }
-  return undefined;
+  return out;
+}
+
+function firstIdentifier(device: Record<string, unknown>): string | undefined {
+  const id = identifiers(device)[0];
+  if (id !== undefined) return id;
+  const connection = connections(device)[0];
+  return connection ? `${connection[0]}:${connection[1]}` : undefined;
+}
+
+/** What ties configs to one device: its identifiers and connections (bounded). */
+function deviceKeys(device: Record<string, unknown>): string[] {
+  const keys = [
+    ...identifiers(device).map((id) => `id:${id}`),
+    ...connections(device).map(([kind, value]) => `cn:${kind}:${value}`),
+  ];
+  return [...new Set(keys)].slice(0, MAX_DEVICE_KEYS);
 }
 
 function entityOf(
@@ -213,10 +256,15 @@ function entityOf(
   availability: Availability[],
   configTopic: string,
 ): HomeAssistantEntity | undefined {
-  const raw = text(config.unique_id, 1024) ?? firstIdentifier(device) ?? fallbackId;
+  const uniqueId = text(config.unique_id, 1024);
+  const raw = uniqueId ?? firstIdentifier(device) ?? fallbackId;
   const ids = deviceId(HOME_ASSISTANT, raw);
   if (!ids) return undefined;
   const mode = config.availability_mode;
+  const details: Record<string, string | undefined> = {};
+  for (const [name, field] of DEVICE_PROPERTIES) details[name] = text(device[field], 256);
+  const own = definedProperties(details);
+  const keys = deviceKeys(device);
   return {
     key,
     id: ids.id,
@@ -229,11 +277,10 @@ function entityOf(
       MQTT_COMMAND_TOPIC: isTopicName(config.command_topic) ? text(config.command_topic) : undefined,
       MQTT_AVAILABILITY_TOPIC: availability[0] ? text(availability[0].topic) : undefined,
       MQTT_CONFIG_TOPIC: text(configTopic),
-      MQTT_MANUFACTURER: text(device.manufacturer, 256),
-      MQTT_MODEL: text(device.model, 256),
-      MQTT_SERIAL_NUMBER: text(device.serial_number, 256),
-      MQTT_DEVICE_NAME: text(device.name, 256) ?? text(config.name, 256),
+      ...own,
+      MQTT_DEVICE_NAME: own.MQTT_DEVICE_NAME ?? text(config.name, 256),
     }),
+    ...(uniqueId !== undefined && keys.length > 0 ? { device: { keys, properties: own } } : {}),
   };
 }
 
@@ -255,6 +302,17 @@ export function parseHomeAssistantMessage(
   if ("problem" in parsed) return { updates: [], problem: parsed.problem };
 
   const top = expand(parsed.value, ABBREVIATIONS);
+  if (Object.hasOwn(top, "migrate_discovery")) {
+    // The topic's item is unloaded while it moves to (or back from) device-based discovery; the
+    // same unique_ids come back in the other form. Not a config, so not a device.
+    if (top.migrate_discovery === true) {
+      return {
+        updates: [{ type: "removed", configTopic: topic }],
+        problem: { level: "debug", message: "Home Assistant config is migrating (migrate_discovery)" },
+      };
+    }
+    return { updates: [], problem: { level: "warn", message: "Home Assistant migrate_discovery is not true" } };
+  }
   const base = typeof top["~"] === "string" ? top["~"] : undefined;
   const config = withBaseTopic(top, base);
   const device = isRecord(config.device) ? expand(config.device, DEVICE_ABBREVIATIONS) : {};
@@ -341,6 +399,8 @@ export class HomeAssistantConvention implements Convention {
   readonly name = HOME_ASSISTANT;
   private readonly entities = new Map<string, HomeAssistantEntity>();
   private readonly entityKeysByConfig = new Map<string, string[]>();
+  /** When each entity's config arrived (a later config wins a device detail). */
+  private readonly configSequence = new Map<string, number>();
   private readonly availabilityMessages = new Map<string, AvailabilityMessage>();
   /** How many entities watch each availability topic. */
   private readonly availabilityWatchers = new Map<string, number>();
@@ -379,6 +439,7 @@ export class HomeAssistantConvention implements Convention {
     // configs removed while we were away are gone.
     this.entities.clear();
     this.entityKeysByConfig.clear();
+    this.configSequence.clear();
     this.availabilityMessages.clear();
     this.availabilityWatchers.clear();
     return changed(true);
@@ -387,11 +448,56 @@ export class HomeAssistantConvention implements Convention {
   disconnected(_now: number): void {}
 
   devices(_now: number): ConventionDevice[] {
+    const shared = this.sharedDeviceDetails();
     const devices: ConventionDevice[] = [];
     for (const entity of this.entities.values()) {
-      if (this.isAvailable(entity)) devices.push({ id: entity.id, properties: { ...entity.properties } });
+      if (!this.isAvailable(entity)) continue;
+      devices.push({ id: entity.id, properties: { ...entity.properties, ...shared.get(entity.key) } });
     }
     return devices.sort(byId);
+  }
+
+  /**
+   * Device details merged as Home Assistant's device registry merges them: configs whose devices
+   * share an identifier or a connection (directly or through others) are one device, and each
+   * detail comes from the latest config that gives it. Unavailable entities count: the device
+   * stays registered while they are offline. By entity key.
+   */
+  private sharedDeviceDetails(): Map<string, Record<string, string>> {
+    const linked = [...this.entities.values()].filter((entity) => entity.device !== undefined);
+    const parent = linked.map((_, index) => index);
+    const find = (index: number): number => {
+      let root = index;
+      while (parent[root] !== root) root = parent[root]!;
+      for (let at = index; parent[at] !== root; ) [at, parent[at]] = [parent[at]!, root];
+      return root;
+    };
+    const owner = new Map<string, number>();
+    linked.forEach((entity, index) => {
+      for (const key of entity.device!.keys) {
+        const other = owner.get(key);
+        if (other === undefined) owner.set(key, index);
+        else parent[find(index)] = find(other);
+      }
+    });
+    const groups = new Map<number, number[]>();
+    linked.forEach((_, index) => {
+      const root = find(index);
+      const members = groups.get(root);
+      if (members) members.push(index);
+      else groups.set(root, [index]);
+    });
+    const out = new Map<string, Record<string, string>>();
+    for (const members of groups.values()) {
+      if (members.length < 2) continue;
+      const ordered = members
+        .map((index) => linked[index]!)
+        .sort((a, b) => (this.configSequence.get(a.key) ?? 0) - (this.configSequence.get(b.key) ?? 0));
+      const merged: Record<string, string> = {};
+      for (const entity of ordered) Object.assign(merged, entity.device!.properties);
+      for (const entity of ordered) out.set(entity.key, merged);
+    }
+    return out;
   }
 
   nextChange(_now: number): number | undefined {
@@ -432,6 +538,7 @@ export class HomeAssistantConvention implements Convention {
       const entity = this.entities.get(key);
       if (entity) old.push(entity);
       this.entities.delete(key);
+      this.configSequence.delete(key);
     }
     if (entities.length > 0) {
       this.entityKeysByConfig.set(
@@ -442,8 +549,10 @@ export class HomeAssistantConvention implements Convention {
       this.entityKeysByConfig.delete(configTopic);
     }
     // Watch the new topics before releasing the old ones, so shared topics keep their last message.
+    const sequence = ++this.sequence;
     for (const entity of entities) {
       this.entities.set(entity.key, entity);
+      this.configSequence.set(entity.key, sequence);
       for (const topic of availabilityTopics(entity)) {
         this.availabilityWatchers.set(topic, (this.availabilityWatchers.get(topic) ?? 0) + 1);
       }

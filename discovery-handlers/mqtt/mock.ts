@@ -5,8 +5,10 @@ import { decodeSparkplugPayload, encodeSparkplugPayload, SparkplugDataType } fro
 
 /**
  * Simulated MQTT devices against a real broker, one convention each: Home Assistant discovery
- * configs, Homie devices (with a `lost` last will), Sparkplug B edge nodes (births, deaths with
- * bdSeq, rebirth on NCMD) and plain topic publishers. Devices that need a last will get their
+ * configs (also one device spread over several entity configs, and its migration to
+ * device-based discovery), Homie devices (with a `lost` last will, and a Homie 5 bridge with
+ * children), Sparkplug B edge nodes (births, deaths with bdSeq, rebirth on NCMD) and plain topic
+ * publishers. Devices that need a last will get their
  * own client; the others share one.
  */
 
@@ -40,6 +42,43 @@ export interface SimulatedHomeAssistantDevice {
   publishState(value: string): Promise<void>;
   /** Publishes an empty retained config: Home Assistant's way to remove a device. */
   remove(): Promise<void>;
+}
+
+export interface HomeAssistantSharedDeviceOptions {
+  /** The device identifier every entity config names. */
+  id: string;
+  /** Entities, each its own config topic; the first carries the device's details. */
+  entities: { component: string; objectId: string }[];
+  name?: string;
+  manufacturer?: string;
+  model?: string;
+  modelId?: string;
+  serialNumber?: string;
+  swVersion?: string;
+  hwVersion?: string;
+  prefix?: string;
+}
+
+export interface SimulatedHomeAssistantSharedDevice {
+  readonly configTopics: string[];
+  /** The unique_id of each entity, in `entities` order. */
+  readonly uniqueIds: string[];
+  /** Home Assistant's migration: migrate payloads on the entity topics, one device-based config, then the old topics cleared. */
+  migrateToDeviceDiscovery(): Promise<string>;
+  remove(): Promise<void>;
+}
+
+export interface HomieBridgeOptions {
+  id: string;
+  children: string[];
+  prefix?: string;
+}
+
+export interface SimulatedHomieBridge {
+  readonly topic: string;
+  readonly client: MqttClient;
+  /** Drops the socket: the broker publishes the bridge's will (`lost`) on the bridge's `$state` only. */
+  crash(): Promise<void>;
 }
 
 export interface HomieDeviceOptions {
@@ -179,6 +218,99 @@ export class MqttDeviceSimulator {
       async remove() {
         await client.publishAsync(configTopic, "", { qos: 1, retain: true });
         if (availabilityTopic) await client.publishAsync(availabilityTopic, "", { qos: 1, retain: true });
+      },
+    };
+  }
+
+  /**
+   * A Home Assistant device spread over several entity configs, as Tasmota publishes it: the
+   * first config's `dev` has the details, the others only `ids` (Home Assistant merges them).
+   */
+  async homeAssistantSharedDevice(
+    options: HomeAssistantSharedDeviceOptions,
+  ): Promise<SimulatedHomeAssistantSharedDevice> {
+    const client = await this.sharedClient();
+    const prefix = options.prefix ?? "homeassistant";
+    const retained = { qos: 1, retain: true } as const;
+    const full = {
+      ids: [options.id],
+      name: options.name ?? options.id,
+      mf: options.manufacturer,
+      mdl: options.model,
+      mdl_id: options.modelId,
+      sn: options.serialNumber,
+      sw: options.swVersion,
+      hw: options.hwVersion,
+    };
+    const configTopics = options.entities.map((e) => `${prefix}/${e.component}/${options.id}/${e.objectId}/config`);
+    const uniqueIds = options.entities.map((e) => `${options.id}_${e.objectId}`);
+    const entityConfig = (index: number) => ({
+      name: options.entities[index]!.objectId,
+      uniq_id: uniqueIds[index],
+      stat_t: `sim/${options.id}/${options.entities[index]!.objectId}`,
+      dev: index === 0 ? full : { ids: [options.id] },
+    });
+    for (const [index, topic] of configTopics.entries()) {
+      await client.publishAsync(topic, JSON.stringify(entityConfig(index)), retained);
+    }
+    const deviceTopic = `${prefix}/device/${options.id}/config`;
+    return {
+      configTopics,
+      uniqueIds,
+      async migrateToDeviceDiscovery() {
+        for (const topic of configTopics)
+          await client.publishAsync(topic, JSON.stringify({ migrate_discovery: true }), retained);
+        const cmps = Object.fromEntries(
+          options.entities.map((e, index) => [
+            e.objectId,
+            { p: e.component, uniq_id: uniqueIds[index], stat_t: `sim/${options.id}/${e.objectId}` },
+          ]),
+        );
+        await client.publishAsync(
+          deviceTopic,
+          JSON.stringify({ dev: full, o: { name: "spindle-sim" }, cmps }),
+          retained,
+        );
+        for (const topic of configTopics) await client.publishAsync(topic, "", retained);
+        return deviceTopic;
+      },
+      async remove() {
+        for (const topic of [...configTopics, deviceTopic]) await client.publishAsync(topic, "", retained);
+      },
+    };
+  }
+
+  /**
+   * A Homie 5 bridge with child devices (the convention's "Device hierarchy"): one MQTT
+   * connection publishes them all, and its will marks only the bridge `lost`.
+   */
+  async homieBridge(options: HomieBridgeOptions): Promise<SimulatedHomieBridge> {
+    const prefix = options.prefix ?? "homie";
+    const topic = `${prefix}/5/${options.id}`;
+    const client = await this.connectClient({
+      will: { topic: `${topic}/$state`, payload: Buffer.from("lost"), qos: 1, retain: true },
+    });
+    const retained = { qos: 1, retain: true } as const;
+    const describe = async (id: string, description: object) => {
+      await client.publishAsync(`${prefix}/5/${id}/$state`, "init", retained);
+      await client.publishAsync(
+        `${prefix}/5/${id}/$description`,
+        JSON.stringify({ homie: "5.0", version: 1, nodes: {}, ...description }),
+        retained,
+      );
+      await client.publishAsync(`${prefix}/5/${id}/$state`, "ready", retained);
+    };
+    const announce = async () => {
+      await describe(options.id, { name: `${options.id} bridge`, children: options.children });
+      for (const child of options.children) await describe(child, { name: child, root: options.id });
+    };
+    client.on("connect", () => void announce().catch(() => {}));
+    await announce();
+    return {
+      topic,
+      client,
+      async crash() {
+        await client.endAsync(true);
       },
     };
   }

@@ -8,8 +8,12 @@ import protobuf from "protobufjs";
 
 /** Sparkplug B metric datatypes used here (specification, "Data Types"). */
 export const SparkplugDataType = {
+  Int8: 1,
+  Int16: 2,
   Int32: 3,
   Int64: 4,
+  UInt16: 6,
+  UInt32: 7,
   UInt64: 8,
   Boolean: 11,
   String: 12,
@@ -88,6 +92,24 @@ export interface SparkplugPayload {
   metrics: SparkplugMetric[];
 }
 
+/**
+ * Int8, Int16 and Int32 travel in the uint32 `int_value`, Int64 in the uint64 `long_value`, as
+ * two's complement: sign-extended to 32 bits by most publishers, cut to the type's width by some.
+ * Reading the low bits of the type's width as signed gives the value either way. (Without a
+ * datatype, as in DATA messages that omit it, the unsigned value stays.)
+ */
+function signed(datatype: number | undefined, value: MetricValue): MetricValue {
+  if (typeof value === "number") {
+    if (datatype === SparkplugDataType.Int8) return (value << 24) >> 24;
+    if (datatype === SparkplugDataType.Int16) return (value << 16) >> 16;
+    if (datatype === SparkplugDataType.Int32) return value | 0;
+  }
+  if (typeof value === "string" && datatype === SparkplugDataType.Int64 && /^[0-9]+$/.test(value)) {
+    return BigInt.asIntN(64, BigInt(value)).toString();
+  }
+  return value;
+}
+
 /** Decodes a Sparkplug B payload; throws on truncated or malformed input. */
 export function decodeSparkplugPayload(payload: Uint8Array): SparkplugPayload {
   const message = PayloadType.decode(payload);
@@ -100,7 +122,7 @@ export function decodeSparkplugPayload(payload: Uint8Array): SparkplugPayload {
     if (typeof raw.timestamp === "string") metric.timestamp = raw.timestamp;
     if (typeof raw.datatype === "number") metric.datatype = raw.datatype;
     for (const field of VALUE_FIELDS) {
-      if (raw[field] !== undefined) metric.value = raw[field] as MetricValue;
+      if (raw[field] !== undefined) metric.value = signed(metric.datatype, raw[field] as MetricValue);
     }
     metrics.push(metric);
   }

@@ -1,3 +1,4 @@
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { parseSparkplugMessage, parseSparkplugTopic, SparkplugConvention } from "./sparkplug.js";
 import { decodeSparkplugPayload, encodeSparkplugPayload, SparkplugDataType } from "./sparkplug-payload.js";
@@ -28,6 +29,47 @@ describe("Sparkplug B payloads", () => {
       ["on", true],
       ["label", "x"],
     ]);
+  });
+});
+
+describe("Sparkplug B signed integers", () => {
+  // Sparkplug 3.0.0, 6.4.16 "Datatype Details": Int8, Int16 and Int32 are signed, carried in the
+  // protobuf's uint32 `int_value`; Int64 in the uint64 `long_value`. Publishers put the two's
+  // complement there, sign-extended to 32 bits (Eclipse Tahu's Java encoder; the Int16 -87 →
+  // 0xFFFFFFA9 = 4294967209 capture in https://github.com/matteosox/pysparkplug/issues/26, the
+  // Int8 -1 → 4294967295 in https://github.com/eclipse-tahu/tahu/issues/71) or cut to the type's
+  // width (0xFFA9 for that Int16). Both must come back negative.
+  const decoded = (datatype: number, raw: number | bigint) =>
+    decodeSparkplugPayload(encodeSparkplugPayload({ seq: 0, metrics: [{ name: "m", datatype, value: raw }] }))
+      .metrics[0]?.value;
+
+  it("decodes two's complement Int8, Int16, Int32 and Int64 values as negative numbers", () => {
+    expect(decoded(SparkplugDataType.Int16, 4294967209)).toBe(-87);
+    expect(decoded(SparkplugDataType.Int16, 0xffa9)).toBe(-87);
+    expect(decoded(SparkplugDataType.Int8, 4294967295)).toBe(-1);
+    expect(decoded(SparkplugDataType.Int8, 0xff)).toBe(-1);
+    expect(decoded(SparkplugDataType.Int8, 0x80)).toBe(-128);
+    expect(decoded(SparkplugDataType.Int32, 0xffffffff)).toBe(-1);
+    expect(decoded(SparkplugDataType.Int32, 0x80000000)).toBe(-2147483648);
+    expect(decoded(SparkplugDataType.Int64, 2n ** 64n - 87n)).toBe("-87");
+  });
+
+  it("leaves positive signed values and unsigned types alone", () => {
+    expect(decoded(SparkplugDataType.Int8, 127)).toBe(127);
+    expect(decoded(SparkplugDataType.Int16, 21)).toBe(21);
+    expect(decoded(SparkplugDataType.Int32, 2147483647)).toBe(2147483647);
+    expect(decoded(SparkplugDataType.UInt32, 0xffffffff)).toBe(4294967295);
+    expect(decoded(SparkplugDataType.UInt16, 0xffa9)).toBe(65449);
+    expect(decoded(SparkplugDataType.UInt64, 2n ** 64n - 87n)).toBe("18446744073709551529");
+  });
+
+  it("round-trips every Int16 through the sign-extended and the masked encoding", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: -32768, max: 32767 }), (value) => {
+        expect(decoded(SparkplugDataType.Int16, value >>> 0)).toBe(value);
+        expect(decoded(SparkplugDataType.Int16, value & 0xffff)).toBe(value);
+      }),
+    );
   });
 });
 

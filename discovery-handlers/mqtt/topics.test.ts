@@ -105,7 +105,6 @@ describe("mqttDetails", () => {
       brokerUri: "mqtt://broker:1883",
       conventions: { homeAssistant: true, homie: true, sparkplug: true, topics: [] },
       homeAssistantPrefix: "homeassistant",
-      homiePrefix: "homie",
       maxPayloadBytes: 262144,
     });
   });

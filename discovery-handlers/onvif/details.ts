@@ -20,6 +20,23 @@ export const DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024;
 /** `host` or `host:port` (IPv4 address or DNS name: WS-Discovery here is IPv4). */
 const HOST_PORT = /^[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?$/;
 
+/** A Kubernetes node name (DNS subdomain). */
+const NODE_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
+/**
+ * `interface` per node, keyed by node name: multi-NIC edge nodes reach the cameras through
+ * different interfaces. The handler does not know its node; the agent calls `forNode` before
+ * discovery starts, so each node runs with its own entry (or `interface` when it has none).
+ */
+const nodeInterfaces = z
+  .record(z.string().max(253).regex(NODE_NAME, "expected a node name"), z.ipv4())
+  .refine((map) => Object.keys(map).length <= 1024, "at most 1024 nodes")
+  .optional()
+  .meta({
+    description:
+      "Per-node multicast interface: node name -> IPv4 address of that node's interface; nodes not listed use `interface`.",
+  });
+
 export const onvifDetails = z.strictObject({
   ipAddresses: filterList.optional().meta({ description: "Camera IPv4 addresses (from the device service URL)." }),
   macAddresses: filterList
@@ -44,6 +61,7 @@ export const onvifDetails = z.strictObject({
   interface: z.ipv4().optional().meta({
     description: "IPv4 address of the interface for multicast (e.g. 127.0.0.1); the system default when absent.",
   }),
+  nodeInterfaces,
   unicastHosts: z.array(z.string().max(259).regex(HOST_PORT, "expected host or host:port")).max(256).optional().meta({
     description: "Hosts (host[:port], port 3702 by default) probed by unicast UDP, for networks without multicast.",
   }),
@@ -61,3 +79,9 @@ export const onvifDetails = z.strictObject({
     .meta({ description: "Largest SOAP response accepted from a camera." }),
 });
 export type OnvifDetails = z.infer<typeof onvifDetails>;
+
+/** The details as the agent on `nodeName` runs them: its `nodeInterfaces` entry becomes `interface`. */
+export function onvifDetailsForNode(details: OnvifDetails, nodeName: string): OnvifDetails {
+  const own = details.nodeInterfaces && Object.hasOwn(details.nodeInterfaces, nodeName);
+  return own ? { ...details, interface: details.nodeInterfaces?.[nodeName] } : details;
+}

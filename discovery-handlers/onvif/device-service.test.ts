@@ -44,6 +44,46 @@ describe("readCamera", () => {
     expect(result.details.interfaces).toEqual([{ mac: "02:00:00:00:00:AB", ipv4: ["127.0.0.1"], enabled: true }]);
   });
 
+  it("reads an ONVIF 1.x camera completely through GetCapabilities when GetServices is a SOAP fault", async () => {
+    // Firmware older than ONVIF 2.0 does not know GetServices (added in ONVIF 2.0; Profile S does
+    // not require it). Real cameras answer it with the Core spec's generic fault for an action
+    // they do not implement, env:Receiver / ter:ActionNotSupported, "Optional Action Not
+    // Implemented" (ONVIF Core Specification, 5.11.2.2 "Generic faults"; seen from real cameras in
+    // https://github.com/milg0/onvif-java-lib/issues/17 and
+    // https://github.com/cdavis-code/easy_onvif_workspace/issues/19), and list their services in
+    // GetCapabilities (https://github.com/quatanium/python-onvif/pull/30: "Axis cameras do not
+    // implement it"; https://github.com/quatanium/python-onvif/issues/35: a Siqura camera faults on
+    // GetServices). The fake's "1.x" mode answers exactly so.
+    const cam = await camera({ onvifVersion: "1.x", credentials: { username: "admin", password: "old-firmware" } });
+    const result = await readCamera({
+      xaddr: cam.xaddr,
+      credentials: { username: "admin", password: "old-firmware" },
+      ...limits,
+    });
+    expect(cam.calls.GetServices).toBe(1);
+    expect(cam.calls.GetCapabilities).toBe(1);
+    expect(result.problem).toBeUndefined();
+    expect(result.details.streamUri).toBe(cam.streamUri("profile_1"));
+    expect(result.details.interfaces?.[0]?.mac).toBe("02:00:00:00:00:01");
+  });
+
+  it("still reports a camera whose GetServices and GetCapabilities both fail", async () => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(500, { "Content-Type": "application/soap+xml" });
+      res.end(
+        `<?xml version="1.0"?><env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" ` +
+          `xmlns:ter="http://www.onvif.org/ver10/error"><env:Body><env:Fault><env:Code><env:Value>env:Receiver</env:Value>` +
+          `<env:Subcode><env:Value>ter:ActionNotSupported</env:Value></env:Subcode></env:Code><env:Reason>` +
+          `<env:Text xml:lang="en">Optional Action Not Implemented</env:Text></env:Reason></env:Fault></env:Body></env:Envelope>`,
+      );
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as AddressInfo).port;
+    const result = await readCamera({ xaddr: `http://127.0.0.1:${port}/onvif/device_service`, ...limits });
+    expect(result.problem).toMatch(/SOAP fault/);
+  });
+
   it("authenticates with WS-UsernameToken, and reports refused or missing credentials without secrets", async () => {
     const cam = await camera({ credentials: { username: "admin", password: "correct-horse" } });
     const good = await readCamera({

@@ -399,18 +399,24 @@ export async function readCamera(options: ReadCameraOptions): Promise<CameraRead
     // Liveness and the clock offset the package uses for WS-Security digests.
     await session.call("GetSystemDateAndTime", (cam, cb) => cam.getSystemDateAndTime(cb));
 
-    let services = false;
-    await optional(async () => {
+    // GetServices (ONVIF 2.x) names the media service; ONVIF 1.x cameras answer it with a SOAP
+    // fault and name their services in GetCapabilities instead. A camera read completely through
+    // GetCapabilities is complete: the GetServices failure only counts when the fallback fails too.
+    let servicesError: unknown;
+    try {
       await session.call("GetServices", (cam, cb) => cam.getServices(false, cb));
-      services = session.hasMedia;
-    });
-    if (!services) {
-      await session
-        .call("GetCapabilities", (cam, cb) => cam.getCapabilities(cb))
-        .catch((err: unknown) => {
-          if (err instanceof CameraCallError && err.fatal) throw err;
-          // GetServices gave no media service and GetCapabilities failed: keep going without media.
-        });
+    } catch (err) {
+      if (err instanceof CameraCallError && err.fatal) throw err;
+      servicesError = err;
+    }
+    if (!session.hasMedia) {
+      try {
+        await session.call("GetCapabilities", (cam, cb) => cam.getCapabilities(cb));
+      } catch (err) {
+        if (err instanceof CameraCallError && err.fatal) throw err;
+        // Neither call named a media service: keep going without media (reported below).
+        problems.push(describe(servicesError ?? err, hasCredentials));
+      }
     }
 
     await optional(async () => {

@@ -66,6 +66,13 @@ export interface FakeCameraOptions {
   profiles?: FakeProfile[];
   credentials?: { username: string; password: string };
   misbehave?: Misbehaviour;
+  /**
+   * "2.x" (default) serves GetServices. "1.x" behaves like firmware older than ONVIF 2.0:
+   * GetServices is answered with the generic fault for an unsupported action (HTTP 500,
+   * env:Receiver / ter:ActionNotSupported), and the services are named only by GetCapabilities,
+   * whose SupportedVersions say 1.2.
+   */
+  onvifVersion?: "1.x" | "2.x";
   /** Announce with Hello on start (default true). */
   hello?: boolean;
   /**
@@ -402,7 +409,8 @@ export class FakeCamera {
     const media = req.url?.includes("media") ?? false;
     const answer = this.operation(operation, request, media);
     if (answer === undefined) {
-      this.send(res, 400, fault("Receiver", "ter:ActionNotSupported", `${operation} is not supported`));
+      // SOAP 1.2 HTTP binding: a Receiver fault goes with status 500.
+      this.send(res, 500, fault("Receiver", "ter:ActionNotSupported", "Optional Action Not Implemented"));
       return;
     }
     this.send(res, 200, soap(answer));
@@ -465,6 +473,7 @@ export class FakeCamera {
         );
       }
       case "GetServices": {
+        if (this.options.onvifVersion === "1.x") return undefined;
         const service = (ns: string, xaddr: string, major: number, minor: number) =>
           `<tds:Service><tds:Namespace>${ns}</tds:Namespace><tds:XAddr>${xaddr}</tds:XAddr>` +
           `<tds:Version><tt:Major>${major}</tt:Major><tt:Minor>${minor}</tt:Minor></tds:Version></tds:Service>`;
@@ -473,14 +482,20 @@ export class FakeCamera {
           `</tds:GetServicesResponse>`
         );
       }
-      case "GetCapabilities":
+      case "GetCapabilities": {
+        const [major, minor] = this.options.onvifVersion === "1.x" ? [1, 2] : [2, 60];
         return (
           `<tds:GetCapabilitiesResponse><tds:Capabilities>` +
-          `<tt:Device><tt:XAddr>${this.xaddr}</tt:XAddr></tt:Device>` +
+          `<tt:Device><tt:XAddr>${this.xaddr}</tt:XAddr><tt:System><tt:DiscoveryResolve>false</tt:DiscoveryResolve>` +
+          `<tt:DiscoveryBye>true</tt:DiscoveryBye><tt:RemoteDiscovery>false</tt:RemoteDiscovery>` +
+          `<tt:SystemBackup>false</tt:SystemBackup><tt:SystemLogging>false</tt:SystemLogging>` +
+          `<tt:FirmwareUpgrade>false</tt:FirmwareUpgrade><tt:SupportedVersions><tt:Major>${major}</tt:Major>` +
+          `<tt:Minor>${minor}</tt:Minor></tt:SupportedVersions></tt:System></tt:Device>` +
           `<tt:Media><tt:XAddr>${this.mediaXAddr}</tt:XAddr><tt:StreamingCapabilities>` +
           `<tt:RTPMulticast>false</tt:RTPMulticast><tt:RTP_TCP>true</tt:RTP_TCP><tt:RTP_RTSP_TCP>true</tt:RTP_RTSP_TCP>` +
           `</tt:StreamingCapabilities></tt:Media></tds:Capabilities></tds:GetCapabilitiesResponse>`
         );
+      }
       case "GetDeviceInformation": {
         const field = (value: string | undefined, fallback: string) =>
           escapeXml(hostile ? `${HOSTILE_TEXT}${value ?? fallback}` : (value ?? fallback));

@@ -4,8 +4,9 @@ import { afterEach, describe, expect, it } from "vitest";
 import { MAX_PROPERTY_VALUE, PROPERTY_NAME } from "../../src/api/device.js";
 import type { DiscoveredDevice } from "../handler.js";
 import { onvifDetails } from "./details.js";
+import { deviceInformation } from "./device-service.js";
 import { FakeCamera, type FakeCameraOptions, fakeUuid, type Misbehaviour } from "./fake-camera.js";
-import { credentialsFor, endpointId, normalizeMac, onvifHandler } from "./handler.js";
+import { credentialsFor, endpointId, normalizeMac, onvifHandler, toDevice } from "./handler.js";
 
 /*
  * Real UDP multicast over loopback: every socket names 127.0.0.1 as its multicast interface, so
@@ -117,6 +118,7 @@ describe("onvif handler over loopback multicast", () => {
         ONVIF_MODEL: "A-1",
         ONVIF_FIRMWARE_VERSION: "1.10",
         ONVIF_SERIAL_NUMBER: a.id.slice(0, 8),
+        ONVIF_HARDWARE_ID: "fake-1",
         ONVIF_SCOPES: a.scopes.join(" "),
       },
     });
@@ -161,6 +163,20 @@ describe("onvif handler over loopback multicast", () => {
     await cam.sendHello();
     await until("re-read after Hello", () => cam.calls.GetDeviceInformation === 2);
     expect(r.yields).toHaveLength(1);
+  });
+
+  it("reads an ONVIF 1.x camera (GetServices is a SOAP fault) once, as complete", async () => {
+    // See device-service.test.ts for the sources of the 1.x behaviour. Complete means: no
+    // problem (no DeviceIncomplete Warning, no "not fully read" log) and no re-read per round.
+    const cam = await camera({ hello: false, onvifVersion: "1.x" });
+    const r = run({ probeIntervalSeconds: 1, ...only(cam) });
+    const device = await until("camera", () => r.device(cam));
+    expect(device.problem).toBeUndefined();
+    expect(device.properties.ONVIF_STREAM_URI).toBe(cam.streamUri("profile_1"));
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    expect(cam.calls.GetServices).toBe(1);
+    expect(cam.calls.GetDeviceInformation).toBe(1);
+    expect(r.logs.join("")).not.toContain("not fully read");
   });
 
   it("probes listed hosts by unicast for networks without multicast", async () => {
@@ -329,6 +345,34 @@ describe("onvif handler over loopback multicast", () => {
 });
 
 describe("onvif handler helpers", () => {
+  it("publishes the HardwareId from GetDeviceInformation as ONVIF_HARDWARE_ID", () => {
+    // Written from the GetDeviceInformationResponse element of the device management WSDL
+    // (https://www.onvif.org/ver10/device/wsdl/devicemgmt.wsdl; ONVIF Core Specification, "Get
+    // device information": Manufacturer, Model, FirmwareVersion, SerialNumber, HardwareId, all
+    // xs:string). The values are illustrative, in the form cameras give them.
+    const xml =
+      `<?xml version="1.0" encoding="UTF-8"?><SOAP-ENV:Envelope xmlns:SOAP-ENV="http://www.w3.org/2003/05/soap-envelope" ` +
+      `xmlns:tds="http://www.onvif.org/ver10/device/wsdl"><SOAP-ENV:Body><tds:GetDeviceInformationResponse>` +
+      `<tds:Manufacturer>AXIS</tds:Manufacturer><tds:Model>P1344</tds:Model>` +
+      `<tds:FirmwareVersion>5.40.9.2</tds:FirmwareVersion><tds:SerialNumber>00408C1A2B3C</tds:SerialNumber>` +
+      `<tds:HardwareId>17F</tds:HardwareId></tds:GetDeviceInformationResponse></SOAP-ENV:Body></SOAP-ENV:Envelope>`;
+    const details = deviceInformation(xml, 1 << 20) ?? {};
+    const camera = {
+      id: "c1",
+      endpoint: { uuid: "urn:uuid:c1", types: [], scopes: [], xaddrs: [], onvif: true },
+      xaddr: "http://192.0.2.10/onvif/device_service",
+      ip: "192.0.2.10",
+    };
+    const device = toDevice(camera, { details });
+    expect(device.properties).toMatchObject({
+      ONVIF_MANUFACTURER: "AXIS",
+      ONVIF_MODEL: "P1344",
+      ONVIF_FIRMWARE_VERSION: "5.40.9.2",
+      ONVIF_SERIAL_NUMBER: "00408C1A2B3C",
+      ONVIF_HARDWARE_ID: "17F",
+    });
+  });
+
   it("derives ids, MACs and credentials", () => {
     expect(endpointId("urn:uuid:ABC-1")).toBe("abc-1");
     expect(endpointId("uuid:abc")).toBe("abc");
@@ -340,6 +384,21 @@ describe("onvif handler helpers", () => {
     expect(credentialsFor(props, "abc", "urn:uuid:abc")).toEqual({ username: "u", password: "q" });
     expect(credentialsFor(props, "def", "urn:uuid:def")).toEqual({ username: "w", password: "p" });
     expect(credentialsFor({}, "abc", "urn:uuid:abc")).toBeUndefined();
+  });
+
+  it("gives each node its own multicast interface from nodeInterfaces", () => {
+    const details = onvifDetails.parse({
+      interface: "192.0.2.1",
+      nodeInterfaces: { "edge-a": "127.0.0.1", "edge-b.example": "198.51.100.7" },
+    });
+    expect(onvifHandler.forNode(details, "edge-a").interface).toBe("127.0.0.1");
+    expect(onvifHandler.forNode(details, "edge-b.example").interface).toBe("198.51.100.7");
+    // Nodes not listed (and names that are not own keys) keep `interface`.
+    expect(onvifHandler.forNode(details, "edge-c").interface).toBe("192.0.2.1");
+    expect(onvifHandler.forNode(details, "constructor").interface).toBe("192.0.2.1");
+    expect(onvifHandler.forNode(onvifDetails.parse({}), "edge-a").interface).toBeUndefined();
+    expect(onvifDetails.safeParse({ nodeInterfaces: { Edge_A: "127.0.0.1" } }).success).toBe(false);
+    expect(onvifDetails.safeParse({ nodeInterfaces: { "edge-a": "eth1" } }).success).toBe(false);
   });
 
   it("validates details with Akri's field names and the defaults", () => {

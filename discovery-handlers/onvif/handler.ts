@@ -2,7 +2,7 @@ import { isIP } from "node:net";
 import { passesFilter, passesFilterAny } from "../filter.js";
 import type { DiscoveredDevice, DiscoveryContext, DiscoveryHandler } from "../handler.js";
 import { boundProperties, propertyValue } from "../sanitize.js";
-import { type OnvifDetails, onvifDetails } from "./details.js";
+import { type OnvifDetails, onvifDetails, onvifDetailsForNode } from "./details.js";
 import { type CameraCredentials, type CameraReadResult, readCamera } from "./device-service.js";
 import { parseHostPort, type Sender, type UnicastTarget, WsDiscoveryClient, type WsdEndpoint } from "./ws-discovery.js";
 
@@ -123,6 +123,7 @@ export function toDevice(
     ["ONVIF_MODEL", details.model],
     ["ONVIF_FIRMWARE_VERSION", details.firmwareVersion],
     ["ONVIF_SERIAL_NUMBER", details.serialNumber],
+    ["ONVIF_HARDWARE_ID", details.hardwareId],
   ];
   for (const [name, raw] of info) {
     const value = propertyValue(raw, MAX_INFO_CHARS).trim();
@@ -406,9 +407,13 @@ async function* discover({
   }
 }
 
-export const onvifHandler: DiscoveryHandler<OnvifDetails> = {
+/** `forNode`: the agent resolves per-node details (`nodeInterfaces`) before `discover`. */
+export const onvifHandler: DiscoveryHandler<OnvifDetails> & {
+  forNode(details: OnvifDetails, nodeName: string): OnvifDetails;
+} = {
   name: "onvif",
   shared: true,
   detailsSchema: onvifDetails,
+  forNode: onvifDetailsForNode,
   discover,
 };

@@ -23,11 +23,13 @@ export const usbDetails = z.strictObject({
     .meta({ description: "USB class codes; a device matches on its device class or any interface class." }),
   manufacturers: filterList.optional(),
   productNames: filterList.optional(),
-  pollSeconds: z
-    .number()
-    .min(1)
-    .max(3600)
-    .default(5)
-    .meta({ description: "Fallback rescan interval, for changes no event reports." }),
+  includeHubs: z.boolean().default(false).meta({
+    description:
+      "List USB hubs (device class 09) as devices too; by default they are left out. Root hubs (usbN) never are.",
+  }),
+  pollSeconds: z.number().min(1).max(3600).default(5).meta({
+    description:
+      "Safety-net rescan interval, for changes no event reports; it reads only entries that are new or whose directory changed.",
+  }),
 });
 export type UsbDetails = z.infer<typeof usbDetails>;

@@ -2,7 +2,7 @@ import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import type { DiscoveredDevice } from "../handler.js";
 import { DEFAULT_SYSFS_ROOT, type UsbDetails, usbDetails } from "./details.js";
-import { scanUsb, usbHandler } from "./handler.js";
+import { hotplugPort, scanUsb, usbHandler } from "./handler.js";
 import { UsbFixture } from "./mock.js";
 
 const log = pino({ level: "silent" });
@@ -56,7 +56,7 @@ const ports = (set: DiscoveredDevice[] | undefined) => (set ?? []).map((d) => d.
 
 describe("usbDetails", () => {
   it("defaults and validates", () => {
-    expect(usbDetails.parse({})).toEqual({ sysfsRoot: DEFAULT_SYSFS_ROOT, pollSeconds: 5 });
+    expect(usbDetails.parse({})).toEqual({ sysfsRoot: DEFAULT_SYSFS_ROOT, pollSeconds: 5, includeHubs: false });
     expect(usbDetails.safeParse({ vendorIds: { items: ["46d"] } }).success).toBe(false);
     expect(usbDetails.safeParse({ productIds: { items: ["0x0825"] } }).success).toBe(false);
     expect(usbDetails.safeParse({ classes: { items: ["0e0"] } }).success).toBe(false);
@@ -89,6 +89,60 @@ describe("filters", () => {
     const f = await fixture();
     const details = usbDetails.parse({ sysfsRoot: f.sysfsRoot, ...filters });
     expect(ports(await scanUsb(details, log))).toEqual(expected);
+  });
+});
+
+describe("hubs", () => {
+  async function withHubs(): Promise<UsbFixture> {
+    const f = await fixture();
+    await f.plug({
+      port: "1-4",
+      vendorId: "05e3",
+      productId: "0610",
+      product: "USB2.0 Hub",
+      deviceClass: "09",
+      interfaceClasses: ["09"],
+    });
+    await f.plug({ port: "1-4.1", vendorId: "2341", productId: "0043", serial: "UNO" });
+    return f;
+  }
+
+  it("leaves hubs out by default, and never lists root hubs", async () => {
+    const f = await withHubs();
+    expect(ports(await scanUsb(usbDetails.parse({ sysfsRoot: f.sysfsRoot }), log))).toEqual([
+      "1-1",
+      "1-2",
+      "1-3",
+      "1-4.1",
+    ]);
+  });
+
+  it("lists hubs with includeHubs", async () => {
+    const f = await withHubs();
+    const details = usbDetails.parse({ sysfsRoot: f.sysfsRoot, includeHubs: true });
+    expect(ports(await scanUsb(details, log))).toEqual(["1-1", "1-2", "1-3", "1-4", "1-4.1"]);
+    // The class filter then sees them like any device.
+    const onlyHubs = usbDetails.parse({ sysfsRoot: f.sysfsRoot, includeHubs: true, classes: { items: ["09"] } });
+    expect(ports(await scanUsb(onlyHubs, log))).toEqual(["1-4"]);
+  });
+});
+
+describe("hotplugPort", () => {
+  it("names the sysfs entry of a libusb device", () => {
+    expect(hotplugPort({ busNumber: 1, portNumbers: [4, 2] })).toBe("1-4.2");
+    expect(hotplugPort({ busNumber: 3, portNumbers: [1] })).toBe("3-1");
+  });
+
+  it("says nothing for root hubs and for devices libusb cannot place", () => {
+    expect(hotplugPort({ busNumber: 1, portNumbers: [] })).toBeUndefined();
+    expect(hotplugPort({ busNumber: 1 })).toBeUndefined();
+    expect(hotplugPort({ busNumber: 1, portNumbers: [1, 2, 3, 4, 5, 6, 7, 8, 9] })).toBeUndefined();
+    const throwing = Object.defineProperty({ busNumber: 1 }, "portNumbers", {
+      get: () => {
+        throw new Error("LIBUSB_ERROR_NO_DEVICE");
+      },
+    });
+    expect(hotplugPort(throwing)).toBeUndefined();
   });
 });
 
@@ -148,6 +202,50 @@ describe("discover", () => {
     await f.writeGarbage("1-9", "idVendor", "garbage\n");
     await new Promise((resolve) => setTimeout(resolve, 2_500));
     expect(r.sets.length).toBe(1);
+    r.controller.abort();
+    await r.done;
+  });
+
+  it("gives an unchanged device the same object in every set, so consumers can skip it by reference", async () => {
+    const f = await fixture();
+    const r = run(usbDetails.parse({ sysfsRoot: f.sysfsRoot, pollSeconds: 600 }));
+    await until(() => r.sets.length === 1);
+    await f.plug({ port: "1-4", vendorId: "2341", productId: "0043", serial: "ARDUINO1" });
+    await until(() => r.sets.length === 2, 5_000);
+    const [before, after] = r.sets as [DiscoveredDevice[], DiscoveredDevice[]];
+    for (const device of before) expect(after.find((d) => d.id === device.id)).toBe(device);
+    r.controller.abort();
+    await r.done;
+  });
+
+  it("hides hubs that are plugged in, unless asked to list them", async () => {
+    const f = await fixture();
+    const r = run(usbDetails.parse({ sysfsRoot: f.sysfsRoot, pollSeconds: 600 }));
+    const withHubs = run(usbDetails.parse({ sysfsRoot: f.sysfsRoot, pollSeconds: 600, includeHubs: true }));
+    await until(() => r.sets.length === 1 && withHubs.sets.length === 1);
+    await f.plug({ port: "1-5", vendorId: "05e3", productId: "0610", deviceClass: "09", interfaceClasses: ["09"] });
+    await f.plug({ port: "1-5.1", vendorId: "2341", productId: "0043" });
+    await until(() => ports(r.latest()).includes("1-5.1") && ports(withHubs.latest()).includes("1-5.1"), 5_000);
+    expect(ports(r.latest())).not.toContain("1-5");
+    expect(ports(withHubs.latest())).toContain("1-5");
+    r.controller.abort();
+    withHubs.controller.abort();
+    await Promise.all([r.done, withHubs.done]);
+  });
+
+  it("yields nothing for changes to devices the filters leave out", async () => {
+    const f = await fixture();
+    const r = run(usbDetails.parse({ sysfsRoot: f.sysfsRoot, pollSeconds: 600, vendorIds: { items: ["0403"] } }));
+    await until(() => r.sets.length === 1);
+    await f.plug({ port: "1-5", vendorId: "1111", productId: "2222" });
+    await f.unplug("1-1");
+    await f.plug({ port: "1-6", vendorId: "0403", productId: "6001", serial: "LAST" });
+    await until(() => ports(r.latest()).includes("1-6"), 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(r.sets.map(ports)).toEqual([
+      ["1-2", "1-3"],
+      ["1-2", "1-3", "1-6"],
+    ]);
     r.controller.abort();
     await r.done;
   });

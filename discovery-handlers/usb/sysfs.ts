@@ -1,5 +1,4 @@
-import { constants } from "node:fs";
-import { type FileHandle, open, readdir } from "node:fs/promises";
+import { closeSync, constants, fstatSync, openSync, readdirSync, readSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "../../src/log/logger.js";
 import type { DiscoveredDevice } from "../handler.js";
@@ -11,14 +10,16 @@ export const MAX_ATTRIBUTE_BYTES = 4096;
 export const MAX_USB_STRING = 126;
 /** Most directory entries one scan looks at, so a hostile tree cannot make a scan unbounded. */
 const MAX_ENTRIES = 4096;
+/** Entries read between two turns of the event loop, so a cold read of 1,000 devices does not block it. */
+export const READS_PER_TURN = 64;
 
 // `<bus>-<port>[.<port>]...`: at most 7 tiers below the root hub. Root hubs (`usbN`) and the
 // root hub's own interface (`1-0:1.0`) do not match DEVICE_ENTRY and are skipped.
 const DEVICE_ENTRY = /^\d{1,3}-\d{1,3}(?:\.\d{1,3}){0,6}$/;
 const INTERFACE_ENTRY = /^(\d{1,3}-\d{1,3}(?:\.\d{1,3}){0,6}):\d{1,3}\.\d{1,3}$/;
 
-/** One USB device as read from sysfs, already validated and bounded. */
-export interface SysfsUsbDevice {
+/** What a device entry's own attributes say (its interfaces are entries of their own). */
+export interface SysfsDeviceAttributes {
   /** The sysfs entry name, e.g. `1-1.2`: the physical port path. */
   port: string;
   vendorId: string;
@@ -29,24 +30,61 @@ export interface SysfsUsbDevice {
   manufacturer?: string;
   product?: string;
   deviceClass?: string;
+}
+
+/** One USB device as read from sysfs, already validated and bounded. */
+export interface SysfsUsbDevice extends SysfsDeviceAttributes {
   /** Class codes of the device's interfaces (sorted, unique): many devices say "00" and put the class here. */
   interfaceClasses: string[];
 }
 
+/** What an entry of the root is: a device (`1-1.2`), one of its interfaces (`1-1.2:1.0`), or neither. */
+export type SysfsEntry = { kind: "device"; port: string } | { kind: "interface"; port: string } | undefined;
+
+export function classifyEntry(name: string): SysfsEntry {
+  if (DEVICE_ENTRY.test(name)) return { kind: "device", port: name };
+  const port = INTERFACE_ENTRY.exec(name)?.[1];
+  return port === undefined ? undefined : { kind: "interface", port };
+}
+
+/** The root's entry names, sorted and bounded; undefined when the root cannot be read. */
+export function listEntries(root: string, log: Logger): string[] | undefined {
+  try {
+    return readdirSync(root).sort().slice(0, MAX_ENTRIES);
+  } catch (err) {
+    log.debug({ root, err: String(err) }, "usb: cannot read sysfs root");
+    return undefined;
+  }
+}
+
+/** Lets other work run between batches of synchronous reads. */
+export function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+// sysfs attributes are made in memory by the kernel when read: synchronous reads cost a sixth of
+// the CPU of fs.promises (measured: 0.09 vs 0.54 ms per device), and one scan reads one at a time.
+const readBuffer = Buffer.alloc(MAX_ATTRIBUTE_BYTES);
+
 /** Reads at most MAX_ATTRIBUTE_BYTES of a regular file; anything else (missing, dir, FIFO) is undefined. */
-async function readAttribute(dir: string, name: string): Promise<string | undefined> {
-  let handle: FileHandle | undefined;
+function readAttribute(dir: string, name: string): string | undefined {
+  let fd: number | undefined;
   try {
     // O_NONBLOCK: a FIFO planted in a tree must not hang the scan (no effect on regular files).
-    handle = await open(path.join(dir, name), constants.O_RDONLY | constants.O_NONBLOCK);
-    if (!(await handle.stat()).isFile()) return undefined;
-    const buffer = Buffer.alloc(MAX_ATTRIBUTE_BYTES);
-    const { bytesRead } = await handle.read(buffer, 0, MAX_ATTRIBUTE_BYTES, 0);
-    return buffer.toString("utf8", 0, bytesRead);
+    fd = openSync(path.join(dir, name), constants.O_RDONLY | constants.O_NONBLOCK);
+    if (!fstatSync(fd).isFile()) return undefined;
+    const bytesRead = readSync(fd, readBuffer, 0, MAX_ATTRIBUTE_BYTES, 0);
+    return readBuffer.toString("utf8", 0, bytesRead);
   } catch {
     return undefined;
   } finally {
-    await handle?.close().catch(() => undefined);
+    if (fd !== undefined) {
+      try {
+        closeSync(fd);
+      } catch {
+        // nothing to do: the descriptor is gone either way
+      }
+    }
   }
 }
 
@@ -75,29 +113,13 @@ function parseString(text: string | undefined): string | undefined {
   return value.length > 0 ? value : undefined;
 }
 
-async function readDevice(
-  root: string,
-  port: string,
-  interfaceClasses: Set<string> | undefined,
-  log: Logger,
-): Promise<SysfsUsbDevice | undefined> {
+/** A device entry's attributes; undefined (and logged at debug) when required ones are missing or malformed. */
+export function readDeviceAttributes(root: string, port: string, log: Logger): SysfsDeviceAttributes | undefined {
   const dir = path.join(root, port);
-  const names = [
-    "idVendor",
-    "idProduct",
-    "busnum",
-    "devnum",
-    "serial",
-    "manufacturer",
-    "product",
-    "bDeviceClass",
-  ] as const;
-  const raw = await Promise.all(names.map((name) => readAttribute(dir, name)));
-  const [idVendor, idProduct, busnumText, devnumText, serial, manufacturer, product, bDeviceClass] = raw;
-  const vendorId = parseHex(idVendor, 4);
-  const productId = parseHex(idProduct, 4);
-  const busnum = parseNumber(busnumText);
-  const devnum = parseNumber(devnumText);
+  const vendorId = parseHex(readAttribute(dir, "idVendor"), 4);
+  const productId = parseHex(readAttribute(dir, "idProduct"), 4);
+  const busnum = parseNumber(readAttribute(dir, "busnum"));
+  const devnum = parseNumber(readAttribute(dir, "devnum"));
   if (vendorId === undefined || productId === undefined || busnum === undefined || devnum === undefined) {
     log.debug(
       { port, idVendor: vendorId, idProduct: productId, busnum, devnum },
@@ -105,53 +127,57 @@ async function readDevice(
     );
     return undefined;
   }
-  const device: SysfsUsbDevice = {
-    port,
-    vendorId,
-    productId,
-    busnum,
-    devnum,
-    interfaceClasses: [...(interfaceClasses ?? [])].sort(),
-  };
-  const serialValue = parseString(serial);
-  if (serialValue !== undefined) device.serial = serialValue;
-  const manufacturerValue = parseString(manufacturer);
-  if (manufacturerValue !== undefined) device.manufacturer = manufacturerValue;
-  const productValue = parseString(product);
-  if (productValue !== undefined) device.product = productValue;
-  const deviceClass = parseHex(bDeviceClass, 2);
+  const device: SysfsDeviceAttributes = { port, vendorId, productId, busnum, devnum };
+  const serial = parseString(readAttribute(dir, "serial"));
+  if (serial !== undefined) device.serial = serial;
+  const manufacturer = parseString(readAttribute(dir, "manufacturer"));
+  if (manufacturer !== undefined) device.manufacturer = manufacturer;
+  const product = parseString(readAttribute(dir, "product"));
+  if (product !== undefined) device.product = product;
+  const deviceClass = parseHex(readAttribute(dir, "bDeviceClass"), 2);
   if (deviceClass !== undefined) device.deviceClass = deviceClass;
   return device;
 }
 
+/** An interface entry's class code (`bInterfaceClass`), or undefined. */
+export function readInterfaceClass(root: string, name: string): string | undefined {
+  return parseHex(readAttribute(path.join(root, name), "bInterfaceClass"), 2);
+}
+
+/** The device with the classes of its interfaces (sorted, unique). */
+export function withInterfaces(
+  attributes: SysfsDeviceAttributes,
+  interfaceClasses: Iterable<string | undefined>,
+): SysfsUsbDevice {
+  const classes = new Set<string>();
+  for (const cls of interfaceClasses) if (cls !== undefined) classes.add(cls);
+  return { ...attributes, interfaceClasses: [...classes].sort() };
+}
+
 /**
  * Reads every USB device under `root` (shaped like /sys/bus/usb/devices: symlinks on a real
- * system, plain directories in fixtures). Never throws: an unreadable root is an empty list, and
+ * system, plain directories in fixtures), all of it, every time: the reference that incremental
+ * rescans (scanner.ts) must agree with. Never throws: an unreadable root is an empty list, and
  * an entry with missing or malformed attributes is skipped.
  */
 export async function readSysfs(root: string, log: Logger): Promise<SysfsUsbDevice[]> {
-  let entries: string[];
-  try {
-    entries = (await readdir(root)).sort().slice(0, MAX_ENTRIES);
-  } catch (err) {
-    log.debug({ root, err: String(err) }, "usb: cannot read sysfs root");
-    return [];
-  }
-  const interfaceClasses = new Map<string, Set<string>>();
+  const entries = listEntries(root, log) ?? [];
+  const interfaceClasses = new Map<string, (string | undefined)[]>();
+  let reads = 0;
   for (const name of entries) {
-    const port = INTERFACE_ENTRY.exec(name)?.[1];
-    if (port === undefined) continue;
-    const cls = parseHex(await readAttribute(path.join(root, name), "bInterfaceClass"), 2);
-    if (cls === undefined) continue;
-    const set = interfaceClasses.get(port) ?? new Set<string>();
-    set.add(cls);
-    interfaceClasses.set(port, set);
+    const entry = classifyEntry(name);
+    if (entry?.kind !== "interface") continue;
+    if (++reads % READS_PER_TURN === 0) await nextTurn();
+    const classes = interfaceClasses.get(entry.port) ?? [];
+    classes.push(readInterfaceClass(root, name));
+    interfaceClasses.set(entry.port, classes);
   }
   const devices: SysfsUsbDevice[] = [];
   for (const name of entries) {
-    if (!DEVICE_ENTRY.test(name)) continue;
-    const device = await readDevice(root, name, interfaceClasses.get(name), log);
-    if (device) devices.push(device);
+    if (classifyEntry(name)?.kind !== "device") continue;
+    if (++reads % READS_PER_TURN === 0) await nextTurn();
+    const attributes = readDeviceAttributes(root, name, log);
+    if (attributes) devices.push(withInterfaces(attributes, interfaceClasses.get(name) ?? []));
   }
   return devices;
 }
@@ -189,20 +215,30 @@ export function usbProperties(device: SysfsUsbDevice): Record<string, string> {
  * survives a re-plug into the same port (devnum changes on every plug, so it is not used).
  * Cheap devices often share one serial ("0000"): when several present devices have the same
  * vendor:product:serial, the serial does not tell them apart and they fall back to the port path.
+ *
+ * With `made`, a device object seen before gives back the very DiscoveredDevice made for it
+ * (unless its id changed), so consumers can tell unchanged devices by reference.
  */
-export function toDiscovered(devices: SysfsUsbDevice[]): DiscoveredDevice[] {
+export function toDiscovered(
+  devices: SysfsUsbDevice[],
+  made?: WeakMap<SysfsUsbDevice, DiscoveredDevice>,
+): DiscoveredDevice[] {
   const serialKey = (d: SysfsUsbDevice) => `${d.vendorId}:${d.productId}:${escapeSerial(d.serial ?? "")}`;
   const counts = new Map<string, number>();
   for (const d of devices) {
     if (d.serial !== undefined) counts.set(serialKey(d), (counts.get(serialKey(d)) ?? 0) + 1);
   }
   return devices
-    .map((d) => ({
-      id:
+    .map((d) => {
+      const id =
         d.serial !== undefined && counts.get(serialKey(d)) === 1
           ? `usb:${serialKey(d)}`
-          : `usb:${d.vendorId}:${d.productId}:port:${d.port}`,
-      properties: usbProperties(d),
-    }))
+          : `usb:${d.vendorId}:${d.productId}:port:${d.port}`;
+      const before = made?.get(d);
+      if (before?.id === id) return before;
+      const found: DiscoveredDevice = { id, properties: before?.properties ?? usbProperties(d) };
+      made?.set(d, found);
+      return found;
+    })
     .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }

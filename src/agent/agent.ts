@@ -1,12 +1,20 @@
 import type * as k8s from "@kubernetes/client-node";
+import type { HandlerRegistry } from "../../discovery-handlers/external/registry.js";
 import type { DiscoveryHandler } from "../../discovery-handlers/handler.js";
 import { formatIssues } from "../api/common.js";
-import { type DeviceConfiguration, deviceConfiguration } from "../api/device-configuration.js";
+import {
+  type DeviceConfiguration,
+  deviceConfiguration,
+  EXTERNAL_HANDLERS_ANNOTATION,
+} from "../api/device-configuration.js";
+import { Api } from "../k8s/api.js";
 import { Cache, sleep } from "../k8s/cache.js";
 import { EventRecorder } from "../k8s/events.js";
-import { apiVersionOf, DEVICE_CONFIGURATIONS } from "../k8s/resources.js";
+import { apiVersionOf, DEVICE_CONFIGURATIONS, NODES, objectPath } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
+import type { PlacementOption } from "../k8s/dra.js";
 import { DevicePublisher } from "./device-publisher.js";
+import { AgentDra } from "./dra.js";
 import { resolveDiscoveryProperties } from "./discovery-properties.js";
 
 interface DiscoveryRun {
@@ -22,6 +30,10 @@ export interface AgentOptions {
   handlers: ReadonlyMap<string, DiscoveryHandler<unknown>>;
   /** Handlers that exist but are switched off on this node: their configurations are skipped quietly. */
   disabled?: ReadonlySet<string>;
+  /** External handlers registered over Akri's protocol (--registration-socket); they win over built-ins they may replace. */
+  external?: Pick<HandlerRegistry, "get" | "onChange" | "names">;
+  /** How SpinApps reach this node's devices (default auto: DRA where the controller set it up). */
+  placement?: PlacementOption;
   log: Logger;
 }
 
@@ -36,6 +48,7 @@ type ConfigObj = DeviceConfiguration & k8s.KubernetesObject;
  */
 export class Agent {
   readonly publisher: DevicePublisher;
+  readonly dra: AgentDra;
   private configurations: Cache<ConfigObj>;
   private runs = new Map<string, DiscoveryRun>();
   /** The last valid spec of each configuration, and the generation it came from. */
@@ -49,14 +62,82 @@ export class Agent {
   constructor(private options: AgentOptions) {
     this.log = options.log.child({ node: options.nodeName });
     this.events = new EventRecorder(options.kc, "spindle-agent", this.log, options.nodeName);
-    this.publisher = new DevicePublisher(options.kc, options.nodeName, this.log, this.events, (name) =>
-      this.valid.get(name),
+    this.publisher = new DevicePublisher(
+      options.kc,
+      options.nodeName,
+      this.log,
+      this.events,
+      (name) => this.valid.get(name),
+      {
+        advertiseNodeResources: () => this.dra.mode() === "node-resources",
+        onPublishedChange: () => this.dra.sync(),
+      },
     );
+    this.dra = new AgentDra({
+      kc: options.kc,
+      nodeName: options.nodeName,
+      fieldManager: this.publisher.fieldManager,
+      placement: options.placement ?? "auto",
+      devices: () => this.publisher.publishedDevices(),
+      ready: () => this.publisher.isAdopted,
+      onPlacementChange: () => this.publisher.refreshNodeResources(),
+      log: this.log,
+    });
     this.configurations = new Cache<ConfigObj>(
       options.kc,
       { type: DEVICE_CONFIGURATIONS, onChange: (obj, verb) => this.onConfiguration(obj, verb) },
       this.log,
     );
+    options.external?.onChange((handler) => this.externalHandlerChanged(handler));
+  }
+
+  /** An external handler registered or went away: configurations naming it are looked at again. */
+  private externalHandlerChanged(handler: string): void {
+    this.advertiseExternalHandlers();
+    if (this.stopped || !this.ready) return;
+    for (const c of this.configurations.list()) {
+      if ((c.spec as { discoveryHandler?: { name?: string } } | undefined)?.discoveryHandler?.name !== handler)
+        continue;
+      this.seen.delete(c.metadata.name!);
+      this.sync(c);
+    }
+  }
+
+  private advertisingExternal = false;
+  private advertiseExternalAgain = false;
+
+  /**
+   * Names the registered external handlers on this node's Node (an annotation), so the
+   * controller can accept configurations that use them. One merge patch at a time; a 404 (no
+   * Node yet) or an error is retried. A merge patch of one key leaves the extended resources'
+   * server-side-apply ownership alone.
+   */
+  private advertiseExternalHandlers(): void {
+    if (!this.options.external || this.stopped) return;
+    if (this.advertisingExternal) {
+      this.advertiseExternalAgain = true;
+      return;
+    }
+    this.advertisingExternal = true;
+    void (async () => {
+      do {
+        this.advertiseExternalAgain = false;
+        const names = this.options.external!.names().join(",");
+        try {
+          // Through nodes/status, which the agent may write for its own Node anyway (RBAC and
+          // the node restriction policy allow this one annotation there, nothing else).
+          await Api.for(this.options.kc).request("PATCH", `${objectPath(NODES, this.options.nodeName)}/status`, {
+            body: { metadata: { annotations: { [EXTERNAL_HANDLERS_ANNOTATION]: names || null } } },
+            contentType: "application/merge-patch+json",
+          });
+        } catch (err) {
+          this.log.warn({ err: String(err) }, "cannot name the external handlers on the Node; retrying");
+          this.advertiseExternalAgain = true;
+          await sleep(5000, this.abort.signal);
+        }
+      } while (this.advertiseExternalAgain && !this.stopped);
+      this.advertisingExternal = false;
+    })();
   }
 
   /**
@@ -65,14 +146,16 @@ export class Agent {
    */
   async start(): Promise<void> {
     this.configurations.start();
-    const [configs, published] = await Promise.all([
+    const [configs, published, dra] = await Promise.all([
       this.configurations.whenSynced(this.abort.signal),
       this.publisher.start(this.abort.signal),
+      this.dra.start(this.abort.signal),
     ]);
-    if (!configs || !published) return;
+    if (!configs || !published || !dra) return;
     this.ready = true;
     for (const c of this.configurations.list()) this.sync(c);
     this.publisher.adopt();
+    this.advertiseExternalHandlers();
     this.log.info({ configurations: this.runs.size }, "agent started");
   }
 
@@ -105,14 +188,16 @@ export class Agent {
       return;
     }
     const configuration = parsed.data;
-    const key = JSON.stringify(configuration.spec.discoveryHandler);
+    const handlerName = configuration.spec.discoveryHandler.name;
+    const external = this.options.external?.get(handlerName);
+    const key = JSON.stringify(configuration.spec.discoveryHandler) + (external ? " external" : "");
     const run = this.runs.get(name);
     if (run?.key === key) {
       this.valid.set(name, configuration);
       this.publisher.configurationChanged(name);
       return;
     }
-    const handler = this.options.handlers.get(configuration.spec.discoveryHandler.name);
+    const handler = external ?? this.options.handlers.get(handlerName);
     if (!handler && this.options.disabled?.has(configuration.spec.discoveryHandler.name)) {
       this.log.info(
         { configuration: name, handler: configuration.spec.discoveryHandler.name },
@@ -124,11 +209,17 @@ export class Agent {
       return;
     }
     if (!handler) {
+      const registered = this.options.external?.names() ?? [];
       this.reportInvalid(
         raw,
         "UnknownHandler",
-        `discoveryHandler.name: no discovery handler "${configuration.spec.discoveryHandler.name}" on this agent (known: ${[...this.options.handlers.keys()].join(", ")})`,
+        `discoveryHandler.name: no discovery handler "${handlerName}" on this agent (built in: ${[...this.options.handlers.keys()].join(", ")}${this.options.external ? `; registered: ${registered.join(", ") || "none"}` : ""})`,
       );
+      // Waiting for an external handler to register (again): its devices keep their grace period.
+      if (this.options.external && !this.runs.has(name)) {
+        this.valid.set(name, configuration);
+        this.publisher.configurationChanged(name);
+      }
       return;
     }
     const details = handler.detailsSchema.safeParse(configuration.spec.discoveryHandler.discoveryDetails);
@@ -145,7 +236,8 @@ export class Agent {
     this.valid.set(name, configuration);
     this.publisher.configurationChanged(name);
     const abort = new AbortController();
-    const done = this.runDiscovery(configuration, handler, details.data, abort.signal);
+    const nodeDetails = handler.forNode ? handler.forNode(details.data, this.options.nodeName) : details.data;
+    const done = this.runDiscovery(configuration, handler, nodeDetails, abort.signal);
     this.runs.set(name, { key, abort, done });
   }
 
@@ -223,5 +315,6 @@ export class Agent {
     this.runs.clear();
     await this.configurations.stop();
     await this.publisher.stop();
+    await this.dra.stop();
   }
 }

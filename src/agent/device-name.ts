@@ -22,3 +22,13 @@ export function deviceName(configurationName: string, identity: string): string 
 export function extendedResourceName(deviceName: string): string {
   return `spindle.dev/${deviceName}`;
 }
+
+/**
+ * The label a node puts on every Device it publishes, so its agent can watch only those (a
+ * list's membership cannot be field-selected). A node name that is not a valid label name
+ * (over 63 characters) is hashed.
+ */
+export function nodeLabel(nodeName: string): string {
+  const plain = /^[a-z0-9A-Z]([-a-z0-9_.A-Z]{0,61}[a-z0-9A-Z])?$/.test(nodeName);
+  return `node.spindle.dev/${plain ? nodeName : `h-${createHash("sha256").update(nodeName).digest("hex").slice(0, 32)}`}`;
+}

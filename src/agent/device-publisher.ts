@@ -1,7 +1,7 @@
 import type * as k8s from "@kubernetes/client-node";
 import type { DiscoveredDevice } from "../../discovery-handlers/handler.js";
 import { boundProperties } from "../../discovery-handlers/sanitize.js";
-import type { Device } from "../api/device.js";
+import type { Device, DeviceSpec } from "../api/device.js";
 import type { DeviceConfiguration } from "../api/device-configuration.js";
 import { Cache } from "../k8s/cache.js";
 import { statusCode } from "../k8s/client.js";
@@ -10,7 +10,7 @@ import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, NODES, ResourceClient } f
 import { WorkQueue } from "../k8s/work-queue.js";
 import type { Logger } from "../log/logger.js";
 import { apiWrites, devicesPublished, discoveryLatency, reconcileErrors } from "../observability/metrics.js";
-import { deviceIdentity, deviceName, extendedResourceName } from "./device-name.js";
+import { deviceIdentity, deviceName, extendedResourceName, nodeLabel } from "./device-name.js";
 
 export const CONFIGURATION_LABEL = "spindle.dev/configuration";
 
@@ -31,8 +31,20 @@ interface Observed {
   /** The handler's properties as reported, to skip unchanged devices cheaply. */
   raw: Record<string, string>;
   problem?: string;
+  /** Akri's mounts and device_specs from an external handler, kept on the Device as sent. */
+  hostPaths?: Pick<DeviceSpec, "mounts" | "deviceSpecs">;
   /** undefined while the handler reports it; else when it stopped (ms since epoch). */
   missingSince?: number;
+}
+
+type PublishedDevice = Device & k8s.KubernetesObject & Record<string, unknown>;
+
+/** How the agent's DRA side (agent/dra.ts) follows what this publisher publishes. */
+export interface PublisherHooks {
+  /** false: advertise no node extended resources (SpinApps are placed through DRA). Default true. */
+  advertiseNodeResources?: () => boolean;
+  /** The published Devices may have changed (only after adoption). */
+  onPublishedChange?: () => void;
 }
 
 type NodeObj = k8s.KubernetesObject & {
@@ -49,6 +61,12 @@ function projectNode(n: NodeObj): NodeObj {
   } as NodeObj;
 }
 
+/** What the agent keeps of a Device: no managed fields, no status (the controller's allocations). */
+function projectDevice(d: Device & k8s.KubernetesObject): Device & k8s.KubernetesObject {
+  const { managedFields: _, ...metadata } = d.metadata ?? {};
+  return { apiVersion: d.apiVersion, kind: d.kind, metadata, spec: d.spec } as Device & k8s.KubernetesObject;
+}
+
 /**
  * Publishes what this node's discoveries see as Device objects, level-triggered: `report`,
  * watch events and timers only queue device names; `reconcile(name)` compares this node's view,
@@ -58,6 +76,7 @@ function projectNode(n: NodeObj): NodeObj {
  */
 export class DevicePublisher {
   readonly fieldManager: string;
+  private readonly label: string;
   private devices: ResourceClient<Device & k8s.KubernetesObject & Record<string, unknown>>;
   private nodes: ResourceClient<NodeObj>;
   private cache: Cache<Device & k8s.KubernetesObject>;
@@ -81,11 +100,23 @@ export class DevicePublisher {
     private events: EventRecorder,
     /** The configuration as it is now (the last valid spec), looked up on every reconcile. */
     private configurationOf: (name: string) => DeviceConfiguration | undefined,
+    private hooks: PublisherHooks = {},
   ) {
     this.fieldManager = `spindle-agent-${nodeName}`.slice(0, 128);
     this.devices = new ResourceClient(kc, DEVICES, this.fieldManager);
     this.nodes = new ResourceClient(kc, NODES, this.fieldManager);
-    this.cache = new Cache(kc, { type: DEVICES, onChange: (obj, verb) => this.onDeviceEvent(obj, verb) }, log);
+    this.label = nodeLabel(nodeName);
+    // Only the Devices this node publishes, so the agent's memory does not grow with the cluster.
+    this.cache = new Cache(
+      kc,
+      {
+        type: DEVICES,
+        labelSelector: this.label,
+        project: projectDevice,
+        onChange: (obj, verb) => this.onDeviceEvent(obj, verb),
+      },
+      log,
+    );
     this.nodeCache = new Cache<NodeObj>(
       kc,
       {
@@ -144,6 +175,21 @@ export class DevicePublisher {
     this.scheduleNodeResources();
   }
 
+  /** Whether what was published before a restart has been adopted (the view is complete). */
+  get isAdopted(): boolean {
+    return this.adopted;
+  }
+
+  /** The Devices this node publishes, as watched. */
+  publishedDevices(): (Device & k8s.KubernetesObject)[] {
+    return this.cache.list().filter((d) => d.spec.nodes.includes(this.nodeName));
+  }
+
+  /** The placement changed: advertise (or withdraw) the node extended resources again. */
+  refreshNodeResources(): void {
+    this.scheduleNodeResources();
+  }
+
   /** A Device of ours nothing reports any more: leave it at the next reconcile. */
   private leaveSoon(name: string): void {
     this.queue.add(name);
@@ -182,10 +228,18 @@ export class DevicePublisher {
         properties,
         raw: device.properties,
         problem: device.problem,
+        ...(device.mounts || device.deviceSpecs
+          ? { hostPaths: { mounts: device.mounts, deviceSpecs: device.deviceSpecs } }
+          : {}),
       };
       this.track(name, next);
       this.clearGrace(name);
-      if (!before || before.missingSince !== undefined || !sameRecord(before.properties, properties)) {
+      if (
+        !before ||
+        before.missingSince !== undefined ||
+        !sameRecord(before.properties, properties) ||
+        JSON.stringify(before.hostPaths) !== JSON.stringify(next.hostPaths)
+      ) {
         if (!this.reportedAt.has(name)) this.reportedAt.set(name, now);
         this.queue.add(name);
       }
@@ -310,17 +364,13 @@ export class DevicePublisher {
     return deadline === undefined || Date.now() < deadline;
   }
 
-  desiredDevice(
-    name: string,
-    o: Observed,
-    c: DeviceConfiguration,
-  ): Device & k8s.KubernetesObject & Record<string, unknown> {
+  desiredDevice(name: string, o: Observed, c: DeviceConfiguration): PublishedDevice {
     return {
       apiVersion: "spindle.dev/v1alpha1",
       kind: "Device",
       metadata: {
         name,
-        labels: { [CONFIGURATION_LABEL]: c.metadata.name!.slice(0, 63) },
+        labels: { [CONFIGURATION_LABEL]: c.metadata.name!.slice(0, 63), [this.label]: "" },
         // The garbage collector removes Devices of a deleted configuration even if no agent runs.
         ...(c.metadata.uid
           ? {
@@ -343,6 +393,8 @@ export class DevicePublisher {
         nodes: [this.nodeName],
         properties: boundProperties({ ...c.spec.properties, ...o.properties }),
         capacity: c.spec.capacity,
+        ...(o.hostPaths?.mounts?.length ? { mounts: o.hostPaths.mounts } : {}),
+        ...(o.hostPaths?.deviceSpecs?.length ? { deviceSpecs: o.hostPaths.deviceSpecs } : {}),
       },
     };
   }
@@ -360,40 +412,60 @@ export class DevicePublisher {
       const deadline = this.deadline(o);
       if (deadline !== undefined) this.scheduleGrace(name, deadline);
       const desired = this.desiredDevice(name, o, configuration);
-      if (
-        current &&
-        (current.spec.id !== desired.spec.id || current.spec.configurationName !== desired.spec.configurationName)
-      ) {
-        const message = `device name ${name} is taken by identity ${current.spec.id} of ${current.spec.configurationName}; ${desired.spec.id} is not published`;
-        this.log.error({ device: name }, message);
-        await this.events.record(
-          {
-            apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS),
-            kind: "DeviceConfiguration",
-            name: desired.spec.configurationName,
-          },
-          "Warning",
-          "DeviceNameCollision",
-          message,
-        );
-        return;
-      }
-      if (!current || !publishedAsDesired(current, desired, this.nodeName)) {
-        const applied = await this.devices.apply(desired);
-        apiWrites.inc({ resource: "devices", verb: "apply" });
-        this.cache.observeWrite(applied);
-        const reported = this.reportedAt.get(name);
-        if (reported !== undefined) discoveryLatency.observe((Date.now() - reported) / 1000);
-        this.log.info(
-          { device: name, configuration: desired.spec.configurationName, nodes: applied.spec.nodes },
-          current ? "device updated" : "device published",
-        );
-      }
+      if (current && collides(current, desired)) return this.reportCollision(current, desired);
+      if (current && publishedAsDesired(current, desired, this.nodeName, this.label))
+        return this.scheduleNodeResources();
+      const applied = current ? await this.devices.apply(desired) : await this.firstApply(desired);
+      if (!applied) return;
+      apiWrites.inc({ resource: "devices", verb: "apply" });
+      this.cache.observeWrite(applied);
+      const reported = this.reportedAt.get(name);
+      if (reported !== undefined) discoveryLatency.observe((Date.now() - reported) / 1000);
+      this.log.info(
+        { device: name, configuration: desired.spec.configurationName, nodes: applied.spec.nodes },
+        current ? "device updated" : "device published",
+      );
     } else {
       if (current?.spec.nodes.includes(this.nodeName)) await this.leave(current);
       this.forget(name);
     }
     this.scheduleNodeResources();
+  }
+
+  /**
+   * The cache holds only this node's Devices, so a name it lacks may still be another node's
+   * Device. An unforced apply succeeds unless another manager owns a field with another value;
+   * only then is the Device read, to tell a name collision (another identity: never merged) from
+   * a shared device the other nodes see with other properties (then the forced apply takes over).
+   */
+  private async firstApply(desired: PublishedDevice): Promise<PublishedDevice | undefined> {
+    try {
+      return await this.devices.apply(desired, false);
+    } catch (err) {
+      if (statusCode(err) !== 409) throw err;
+    }
+    const other = await this.devices.get(desired.metadata!.name!);
+    if (collides(other, desired)) {
+      await this.reportCollision(other, desired);
+      return undefined;
+    }
+    return this.devices.apply(desired);
+  }
+
+  private async reportCollision(taken: Device, desired: Device): Promise<void> {
+    const name = (desired as PublishedDevice).metadata!.name!;
+    const message = `device name ${name} is taken by identity ${taken.spec.id} of ${taken.spec.configurationName}; ${desired.spec.id} is not published`;
+    this.log.error({ device: name }, message);
+    await this.events.record(
+      {
+        apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS),
+        kind: "DeviceConfiguration",
+        name: desired.spec.configurationName,
+      },
+      "Warning",
+      "DeviceNameCollision",
+      message,
+    );
   }
 
   /** This node stops reporting the device; the last node to leave deletes it. */
@@ -421,7 +493,7 @@ export class DevicePublisher {
       kind: "Device",
       metadata: { name },
     } as never);
-    this.cache.observeWrite(applied);
+    this.cache.observeDelete(name); // without this node's label it is no longer in our selection
     this.log.info({ device: name, nodes: applied.spec.nodes }, "node left shared device");
   }
 
@@ -433,6 +505,7 @@ export class DevicePublisher {
   private scheduleNodeResources(): void {
     // Before adoption this node's view is empty, not "no devices": never advertise it.
     if (!this.adopted) return;
+    this.hooks.onPublishedChange?.();
     if (this.advertising) {
       this.advertiseAgain = true;
       return;
@@ -461,10 +534,12 @@ export class DevicePublisher {
     const want = new Map<string, number>();
     devicesPublished.reset();
     let skipped = 0;
+    const advertising = this.hooks.advertiseNodeResources?.() ?? true;
     for (const [name, o] of [...this.observed].sort(([a], [b]) => a.localeCompare(b))) {
       if (!this.wanted(o)) continue;
       const configuration = this.configurationOf(o.configurationName)!;
       devicesPublished.inc({ configuration: o.configurationName });
+      if (!advertising) continue;
       if (want.size < MAX_NODE_RESOURCES) want.set(extendedResourceName(name), configuration.spec.capacity);
       else skipped++;
     }
@@ -518,15 +593,28 @@ function sameRecord(a: Record<string, unknown>, b: Record<string, unknown>): boo
   return ka.every((k) => a[k] === b[k]);
 }
 
-function publishedAsDesired(current: Device, desired: Device, node: string): boolean {
+/** Another identity under the same name: a hash collision, reported and never merged. */
+function collides(taken: Device, desired: Device): boolean {
+  return taken.spec.id !== desired.spec.id || taken.spec.configurationName !== desired.spec.configurationName;
+}
+
+function publishedAsDesired(
+  current: Device & k8s.KubernetesObject,
+  desired: Device,
+  node: string,
+  label: string,
+): boolean {
   const c = current.spec;
   const d = desired.spec;
   return (
     c.nodes.includes(node) &&
+    current.metadata?.labels?.[label] !== undefined &&
     c.handler === d.handler &&
     c.shared === d.shared &&
     c.capacity === d.capacity &&
     sameRecord(c.properties, d.properties) &&
+    JSON.stringify(c.mounts ?? []) === JSON.stringify(d.mounts ?? []) &&
+    JSON.stringify(c.deviceSpecs ?? []) === JSON.stringify(d.deviceSpecs ?? []) &&
     (current.metadata.ownerReferences?.length ?? 0) >= (desired.metadata.ownerReferences?.length ?? 0)
   );
 }

@@ -38,13 +38,20 @@ export const discoveryProperty = z
   });
 export type DiscoveryProperty = z.infer<typeof discoveryProperty>;
 
+/**
+ * On a Node: the external discovery handlers registered with its agent (comma-separated). The
+ * controller accepts a configuration naming a handler that is not built in once a node has it.
+ */
+export const EXTERNAL_HANDLERS_ANNOTATION = "spindle.dev/external-handlers";
+
 export const deviceConfigurationSpec = z.strictObject({
   discoveryHandler: z.strictObject({
     name: z
       .string()
       .max(63)
       .meta({
-        description: "The discovery handler: usb, onvif, mqtt or mdns.",
+        description:
+          "The discovery handler: usb, onvif, mqtt, mdns, opcua, or an external handler registered with the agents over Akri's protocol.",
         "x-kubernetes-validations": [{ rule: "self.size() > 0", message: "discoveryHandler.name must not be empty" }],
       }),
     discoveryDetails: z

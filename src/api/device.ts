@@ -5,6 +5,27 @@ import { conditions, objectMeta } from "./common.js";
 export const MAX_PROPERTIES = 64;
 export const MAX_PROPERTY_VALUE = 4096;
 export const PROPERTY_NAME = /^[A-Z][A-Z0-9_]*$/;
+/** Host paths an (external) handler asks to give a workload: Akri's Mount and DeviceSpec. */
+export const MAX_HOST_PATHS = 32;
+const hostPath = z.string().min(1).max(4096).regex(/^\//);
+
+export const deviceMount = z.strictObject({
+  containerPath: hostPath,
+  hostPath,
+  readOnly: z.boolean().default(false),
+});
+export type DeviceMount = z.infer<typeof deviceMount>;
+
+export const deviceNode = z.strictObject({
+  containerPath: hostPath,
+  hostPath,
+  permissions: z
+    .string()
+    .regex(/^[rwm]{0,3}$/)
+    .default("rw")
+    .meta({ description: "cgroup device permissions: some of r, w, m." }),
+});
+export type DeviceNode = z.infer<typeof deviceNode>;
 
 export const deviceSpec = z.strictObject({
   configurationName: z
@@ -25,6 +46,16 @@ export const deviceSpec = z.strictObject({
     .default({})
     .meta({ description: "Connection details, never secrets." }),
   capacity: z.int().min(1).max(1000),
+  mounts: z.array(deviceMount).max(MAX_HOST_PATHS).optional().meta({
+    description:
+      "Host paths the handler asks to mount (Akri's Mount). Kept for consumers that run containers; Spin apps cannot open host files.",
+    "x-kubernetes-list-type": "atomic",
+  }),
+  deviceSpecs: z.array(deviceNode).max(MAX_HOST_PATHS).optional().meta({
+    description:
+      "Host device nodes the handler asks to pass in (Akri's DeviceSpec). Kept for consumers that run containers; Spin apps cannot open device files.",
+    "x-kubernetes-list-type": "atomic",
+  }),
 });
 export type DeviceSpec = z.infer<typeof deviceSpec>;
 

@@ -1,6 +1,7 @@
 import { HANDLERS } from "../../discovery-handlers/index.js";
 import { Agent } from "../agent/agent.js";
 import { loadKubeConfig } from "../k8s/client.js";
+import { parsePlacement } from "../k8s/dra.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
 import { untilSignal } from "./signals.js";
@@ -10,12 +11,16 @@ export interface AgentCommandOptions {
   kubeconfig?: string;
   handlers?: string;
   httpAddress?: string;
+  registrationSocket?: string;
+  allowExternalOverride?: string;
+  placement?: string;
 }
 
 /** `spindle agent`: discovery on one node until SIGTERM; devices stay published across restarts. */
 export async function agentCommand(options: AgentCommandOptions): Promise<void> {
   const nodeName = options.node ?? process.env.NODE_NAME;
   if (!nodeName) throw new Error("the node name is required: --node <name> or NODE_NAME");
+  const placement = parsePlacement(options.placement);
   const enabled = options.handlers
     ?.split(",")
     .map((h) => h.trim())
@@ -26,7 +31,29 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
   const handlers = enabled ? new Map([...HANDLERS].filter(([name]) => enabled.includes(name))) : HANDLERS;
   const log = createLogger("spindle-agent");
   const disabled = new Set([...HANDLERS.keys()].filter((h) => !handlers.has(h)));
-  const agent = new Agent({ kc: loadKubeConfig(options.kubeconfig), nodeName, handlers, disabled, log });
+  // gRPC is loaded only when external handlers are served: agents without them do not pay its memory.
+  const registration = options.registrationSocket
+    ? await (await import("../../discovery-handlers/external/registration-server.js")).startRegistrationServer({
+        socketPath: options.registrationSocket,
+        builtIn: new Set(HANDLERS.keys()),
+        allowOverride: new Set(
+          (options.allowExternalOverride ?? "")
+            .split(",")
+            .map((h) => h.trim())
+            .filter(Boolean),
+        ),
+        log,
+      })
+    : undefined;
+  const agent = new Agent({
+    kc: loadKubeConfig(options.kubeconfig),
+    nodeName,
+    handlers,
+    disabled,
+    external: registration?.registry,
+    placement,
+    log,
+  });
   let started = false;
   const server = options.httpAddress
     ? await startHttpServer(options.httpAddress, () => ({ ok: started, reason: started ? "ok" : "starting" }), log)
@@ -36,5 +63,6 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
   const signal = await untilSignal();
   log.info({ signal }, "stopping");
   await agent.stop();
+  await registration?.close();
   server?.close();
 }

@@ -2,6 +2,7 @@ import type { Server } from "node:http";
 import { hostname } from "node:os";
 import { Controller } from "../controller/controller.js";
 import { loadKubeConfig } from "../k8s/client.js";
+import { parsePlacement } from "../k8s/dra.js";
 import { LeaderElection } from "../k8s/leader-election.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
@@ -14,6 +15,7 @@ export interface ControllerCommandOptions {
   leaseSeconds: string;
   identity?: string;
   httpAddress?: string;
+  placement?: string;
 }
 
 /** Resolves when `signal` aborts. */
@@ -27,6 +29,7 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
   const log = createLogger("spindle-controller");
   const kc = loadKubeConfig(options.kubeconfig);
   const identity = options.identity ?? `${hostname()}-${process.pid}`;
+  const placement = parsePlacement(options.placement);
   const leaseSeconds = Number(options.leaseSeconds);
   if (!Number.isInteger(leaseSeconds) || leaseSeconds < 2) throw new Error("--lease-seconds must be an integer >= 2");
   // Renew deadline two thirds of the Lease; each attempt times out after min(retry, deadline / 2).
@@ -62,7 +65,7 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
       if (!leading || stopping) return;
       state = "starting";
       // The leadership signal fences the controller's writes: aborted the moment the Lease is lost.
-      const current = new Controller(kc, log, leading);
+      const current = new Controller(kc, log, leading, placement);
       controller = current;
       const started = current.start().then(
         () => "started" as const,

@@ -3,7 +3,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as k8s from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
-import { DEMO_CREDENTIALS, SimulatedDevices } from "../dev/simulated-devices.js";
+import { SimulatedDevices } from "../dev/simulated-devices.js";
 import { applyObject, statusCode } from "../k8s/client.js";
 import { ControlPlane } from "../sandbox/control-plane.js";
 import { ManagedProcess } from "../sandbox/processes.js";
@@ -13,14 +13,15 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const EXAMPLES_DIR = join(ROOT, "examples");
 export const DEMO_NAMESPACE = "spindle-demo";
 
-const KEYS: [string, string, (d: SimulatedDevices) => Promise<string>][] = [
-  ["1", "camera 1", (d) => d.toggleCamera("cam-1")],
-  ["2", "camera 2", (d) => d.toggleCamera("cam-2")],
-  ["m", "MQTT sensor", (d) => d.toggleMqtt("greenhouse_temp")],
-  ["n", "MQTT door", (d) => d.toggleMqtt("door_sensor")],
-  ["u", "USB 1-1", (d) => d.toggleUsb("1-1")],
-  ["v", "USB 1-2", (d) => d.toggleUsb("1-2")],
-  ["d", "mDNS", (d) => d.toggleMdns()],
+/** Keys of the live view, and the device of examples/scenarios/dev.yaml each plugs and unplugs. */
+const KEYS: [string, string, string][] = [
+  ["1", "camera 1", "cam-1"],
+  ["2", "camera 2", "cam-2"],
+  ["m", "MQTT sensor", "greenhouse-temp"],
+  ["n", "MQTT door", "door-sensor"],
+  ["u", "USB 1-1", "usb-1"],
+  ["v", "USB 1-2", "usb-2"],
+  ["d", "mDNS", "lab-printer"],
 ];
 
 /** The example objects, with the sandbox's addresses filled in where a real cluster has its own. */
@@ -71,11 +72,11 @@ export async function devCommand(): Promise<void> {
         apiVersion: "v1",
         kind: "Secret",
         metadata: { name: "onvif-credentials", namespace: DEMO_NAMESPACE },
-        stringData: DEMO_CREDENTIALS,
+        stringData: devices.credentials,
       } as k8s.KubernetesObject,
       "spindle-dev",
     );
-    for (const obj of await exampleObjects({ mqttUri: devices.mqttUri, usbRoot: devices.usb.sysfsRoot }))
+    for (const obj of await exampleObjects({ mqttUri: devices.mqttUri, usbRoot: devices.usbRoot }))
       await applyObject(kc, obj, "spindle-dev");
 
     const env = { ...process.env, KUBECONFIG: cp.kubeconfigPath, LOG_LEVEL: process.env.LOG_LEVEL ?? "info" };
@@ -133,7 +134,7 @@ async function liveView(kc: k8s.KubeConfig, devices: SimulatedDevices, intro: st
       const key = data.toString();
       if (key === "q" || key === "\u0003") return done();
       const action = KEYS.find(([k]) => k === key);
-      if (action) message = await action[2](devices).catch((e: Error) => `failed: ${e.message}`);
+      if (action) message = await devices.toggle(action[2]).catch((e: Error) => `failed: ${e.message}`);
     });
   }
   const keys = KEYS.map(([k, what]) => `${k}=${what}`).join("  ");

@@ -2,7 +2,9 @@ import type * as k8s from "@kubernetes/client-node";
 import { HANDLER_SCHEMAS } from "../../discovery-handlers/schemas.js";
 import { formatIssues } from "../api/common.js";
 import type { Device } from "../api/device.js";
+import { EXTERNAL_HANDLERS_ANNOTATION } from "../api/device-configuration.js";
 import { Cache } from "../k8s/cache.js";
+import type { PlacementOption } from "../k8s/dra.js";
 import { EventRecorder } from "../k8s/events.js";
 import {
   apiVersionOf,
@@ -16,6 +18,7 @@ import {
 import { WorkQueue } from "../k8s/work-queue.js";
 import type { Logger } from "../log/logger.js";
 import { reconcileDuration, reconcileErrors, spinAppsBound } from "../observability/metrics.js";
+import { ControllerDra } from "./dra.js";
 import { type ExecutorDeps, execute } from "./executor.js";
 import { type ObservedSpinApp, plan, type RawObject, type Snapshot, type WriteFailure } from "./plan.js";
 import { DSA_LABEL } from "./spin-app-builder.js";
@@ -48,9 +51,16 @@ function projectSpinApp(s: Obj): Obj {
   } as Obj;
 }
 
-/** The controller needs only which Nodes exist. */
+/** The controller needs only which Nodes exist, and which external handlers their agents have. */
 function projectNode(n: Obj): Obj {
-  return { metadata: { name: n.metadata?.name, resourceVersion: n.metadata?.resourceVersion } } as Obj;
+  const external = n.metadata?.annotations?.[EXTERNAL_HANDLERS_ANNOTATION];
+  return {
+    metadata: {
+      name: n.metadata?.name,
+      resourceVersion: n.metadata?.resourceVersion,
+      ...(external ? { annotations: { [EXTERNAL_HANDLERS_ANNOTATION]: external } } : {}),
+    },
+  } as Obj;
 }
 
 /**
@@ -73,12 +83,15 @@ export class Controller {
   private stopping = new AbortController();
   private synced = false;
   private agentClients = new Map<string, ResourceClient<Obj>>();
+  /** DeviceClasses, shared devices' ResourceSlices, and the placement in use. */
+  readonly dra: ControllerDra;
   reconciles = 0;
 
   constructor(
     private kc: k8s.KubeConfig,
     private log: Logger,
     signal?: AbortSignal,
+    placement: PlacementOption = "auto",
   ) {
     this.signal = signal ?? new AbortController().signal;
     this.events = new EventRecorder(kc, "spindle-controller", log);
@@ -96,6 +109,18 @@ export class Controller {
       configs: new Cache(kc, { type: DEVICE_CONFIGURATIONS, onChange }, log),
       nodes: new Cache(kc, { type: NODES, project: projectNode, onChange }, log),
     };
+    this.dra = new ControllerDra(
+      kc,
+      {
+        placement,
+        devices: this.caches.devices,
+        configurations: this.caches.configs,
+        fieldManager: FIELD_MANAGER,
+        signal: this.signal,
+        onChange,
+      },
+      log,
+    );
     this.queue = new WorkQueue(
       () => this.reconcile(),
       1,
@@ -111,7 +136,7 @@ export class Controller {
     const caches = Object.values(this.caches);
     for (const c of caches) c.start();
     const until = AbortSignal.any([this.signal, this.stopping.signal]);
-    const synced = await Promise.all(caches.map((c) => c.whenSynced(until)));
+    const synced = await Promise.all([...caches.map((c) => c.whenSynced(until)), this.dra.start(until)]);
     if (!synced.every(Boolean)) return;
     this.synced = true;
     this.log.info(
@@ -161,14 +186,28 @@ export class Controller {
       nodes: new Set(this.caches.nodes.list().map((n) => n.metadata!.name!)),
       failures: this.failures,
       now: Date.now(),
-      validateDetails,
+      validateDetails: (name, details) => validateDetails(name, details, this.externalHandlers()),
     };
+  }
+
+  /** External handler name -> the nodes whose agents have it registered (from the Node annotation). */
+  private externalHandlers(): Map<string, string[]> {
+    const out = new Map<string, string[]>();
+    for (const n of this.caches.nodes.list())
+      for (const h of (n.metadata?.annotations?.[EXTERNAL_HANDLERS_ANNOTATION] ?? "").split(","))
+        if (h) out.set(h, [...(out.get(h) ?? []), n.metadata!.name!]);
+    return out;
   }
 
   private async reconcile(): Promise<void> {
     if (!this.synced || this.signal.aborted || this.stopping.signal.aborted) return;
     this.reconciles++;
     const started = Date.now();
+    // DeviceClasses first: a SpinApp's extended resource maps to its device only through its class.
+    let draFailed: unknown;
+    await this.dra.reconcile().catch((err) => {
+      draFailed = err;
+    });
     const planned = plan(this.snapshot());
     const result = await execute(
       planned.actions,
@@ -206,6 +245,7 @@ export class Controller {
     // plan decides (the slot goes to others) without any watch event, so plan again now.
     if (result.refused > 0) this.schedule();
     if (result.transient > 0) throw new Error(`${result.transient} write(s) failed`);
+    if (draFailed !== undefined) throw draFailed;
   }
 
   /** No new writes; resolves once the write in flight is done (or aborted by the signal). */
@@ -218,19 +258,32 @@ export class Controller {
     this.stopping.abort();
     await this.queue.idle();
     await Promise.all(Object.values(this.caches).map((c) => c.stop()));
+    await this.dra.stop();
   }
 }
 
-function validateDetails(
+/**
+ * A built-in handler's details are checked with its schema. An external handler's schema is
+ * unknown here: the configuration is accepted once some node's agent has the handler registered
+ * (the handler itself refuses bad details, which the agent reports as Events).
+ */
+export function validateDetails(
   name: string,
   details: unknown,
-): { ok: true } | { ok: false; reason: string; message: string } {
+  external: ReadonlyMap<string, string[]> = new Map(),
+): { ok: true; message?: string } | { ok: false; reason: string; message: string } {
   const handler = HANDLER_SCHEMAS.get(name);
+  const nodes = external.get(name);
+  if (!handler && nodes)
+    return {
+      ok: true,
+      message: `external handler ${name} is registered on ${nodes.length} node(s) (${nodes.slice(0, 5).join(", ")}${nodes.length > 5 ? ", ..." : ""}); it checks its own discovery details`,
+    };
   if (!handler)
     return {
       ok: false,
       reason: "UnknownHandler",
-      message: `discoveryHandler.name: unknown handler "${name}" (known: ${[...HANDLER_SCHEMAS.keys()].join(", ")})`,
+      message: `discoveryHandler.name: no built-in handler "${name}" (built in: ${[...HANDLER_SCHEMAS.keys()].join(", ")}) and no agent has an external handler of that name registered`,
     };
   const parsed = handler.detailsSchema.safeParse(details);
   return parsed.success

@@ -64,7 +64,10 @@ export interface Snapshot {
   /** Keyed by "<namespace>/<SpinApp name>". */
   failures: ReadonlyMap<string, WriteFailure>;
   now: number;
-  validateDetails: (handler: string, details: unknown) => { ok: true } | { ok: false; reason: string; message: string };
+  validateDetails: (
+    handler: string,
+    details: unknown,
+  ) => { ok: true; message?: string } | { ok: false; reason: string; message: string };
 }
 
 export type Action =
@@ -574,7 +577,7 @@ function configurationStatus(
     const handler = (parsed.data as DeviceConfiguration).spec.discoveryHandler;
     const check = snapshot.validateDetails(handler.name, handler.discoveryDetails ?? {});
     accepted = check.ok
-      ? ["True", "Valid", `handler ${handler.name} accepts the discovery details`]
+      ? ["True", "Valid", check.message ?? `handler ${handler.name} accepts the discovery details`]
       : ["False", check.reason, check.message];
   }
   let count = 0;

@@ -30,6 +30,9 @@ export interface RequestInit {
   timeoutMs?: number;
 }
 
+/** With the Lease's own connection, at most 10 TLS connections per process. */
+const MAX_SOCKETS = 9;
+
 export type WatchEvent<T> = { type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR"; object: T };
 
 /**
@@ -61,6 +64,8 @@ export class Api {
 
   /** Connections opened so far (TLS handshakes), for tests and benchmarks. */
   connections = 0;
+  /** Connections every Api of this process opened, for the process's metrics. */
+  static opened = 0;
 
   private async options(method: string, path: string, init: RequestInit): Promise<RequestOptions> {
     const opts: RequestOptions = { method, headers: {} };
@@ -68,7 +73,9 @@ export class Api {
     if (!this.agent) {
       this.agent = new Agent({
         keepAlive: true,
-        maxSockets: 64,
+        // Watches hold a socket each (5 at most, the controller's caches); the rest carry
+        // requests, queued here rather than opening a connection per request in flight.
+        maxSockets: MAX_SOCKETS,
         ca: opts.ca,
         cert: opts.cert,
         key: opts.key,
@@ -79,6 +86,7 @@ export class Api {
       // Count real connections: the agent calls createConnection only for a new socket.
       this.agent.createConnection = ((...args: Parameters<typeof create>) => {
         this.connections++;
+        Api.opened++;
         return create(...args);
       }) as typeof create;
     }

@@ -1,8 +1,9 @@
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
-import { request as httpsRequest } from "node:https";
+import { Agent, type RequestOptions as HttpsRequestOptions, request as httpsRequest } from "node:https";
 import { performance } from "node:perf_hooks";
 import type * as k8s from "@kubernetes/client-node";
 import type { Logger } from "../log/logger.js";
+import { Api } from "./api.js";
 import { statusCode } from "./client.js";
 
 export interface LeaderElectionOptions {
@@ -158,6 +159,15 @@ export class HttpError extends Error {
   }
 }
 
+function countConnections(agent: Agent): Agent {
+  const create = agent.createConnection.bind(agent);
+  agent.createConnection = ((...args: Parameters<typeof create>) => {
+    Api.opened++;
+    return create(...args);
+  }) as typeof create;
+  return agent;
+}
+
 /**
  * The Lease over plain node:http(s), with the KubeConfig's auth and TLS: client-node's typed calls
  * take no per-call AbortSignal, and a renewal must not outlive its timeout.
@@ -165,6 +175,7 @@ export class HttpError extends Error {
 export function httpLeaseTransport(kc: k8s.KubeConfig, namespace: string, name: string): LeaseTransport {
   const collection = `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(namespace)}/leases`;
   const item = `${collection}/${encodeURIComponent(name)}`;
+  let agent: Agent | undefined;
   const call = async (method: string, path: string, body: unknown, signal: AbortSignal) => {
     signal.throwIfAborted();
     const cluster = kc.getCurrentCluster();
@@ -178,9 +189,25 @@ export function httpLeaseTransport(kc: k8s.KubeConfig, namespace: string, name: 
       path: `${server.pathname.replace(/\/$/, "")}${path}`,
       headers: { Accept: "application/json", ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
     };
-    // Auth, TLS and a fresh agent (http for an http: server, or the kubeconfig's proxy); the agent
-    // does not keep connections alive, so no socket outlives its request.
+    // Auth and TLS from the kubeconfig; over https (no proxy) one kept-alive socket of the
+    // elector's own, so renewals never queue behind the cache's requests and need no handshake
+    // each. A request that times out destroys its socket: the next one connects afresh.
     await kc.applyToHTTPSOptions(options);
+    if (secure && !cluster.proxyUrl) {
+      const tls = options as HttpsRequestOptions;
+      agent ??= countConnections(
+        new Agent({
+          keepAlive: true,
+          maxSockets: 1,
+          ca: tls.ca,
+          cert: tls.cert,
+          key: tls.key,
+          servername: tls.servername,
+          ...(tls.rejectUnauthorized !== undefined ? { rejectUnauthorized: tls.rejectUnauthorized } : {}),
+        }),
+      );
+      options.agent = agent;
+    }
     options.signal = signal;
     signal.throwIfAborted();
     return new Promise<{ status: number; text: string }>((resolve, reject) => {

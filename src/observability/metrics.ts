@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { Api } from "../k8s/api.js";
 
 /** Spindle's Prometheus metrics: one registry per process, served at /metrics. */
 export const registry = new Registry();
@@ -43,4 +44,13 @@ export const spinAppsBound = new Gauge({
   help: "SpinApps the controller keeps bound to devices, by namespace.",
   labelNames: ["namespace"] as const,
   registers: [registry],
+});
+
+export const apiConnections = new Gauge({
+  name: "spindle_api_connections_opened",
+  help: "TLS connections to the Kubernetes API this process opened since it started.",
+  registers: [registry],
+  collect() {
+    this.set(Api.opened);
+  },
 });

@@ -8,7 +8,7 @@ import * as k8s from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
 import { customResourceDefinition, KINDS } from "../api/crds.js";
 import { applyObject, applyRaw, loadKubeConfig, statusCode } from "../k8s/client.js";
-import { type Binaries, ensureBinaries } from "./build.js";
+import { type Binaries, CONTROL_PLANE_MODULES, ensureBinaries } from "./build.js";
 import { freePort, ManagedProcess, waitFor } from "./processes.js";
 
 export const SANDBOX_NODES = ["edge-1", "edge-2"];
@@ -19,6 +19,8 @@ const FIELD_MANAGER = "spindle-sandbox";
 export interface ControlPlaneOptions {
   nodes?: string[];
   log?: (line: string) => void;
+  /** A live build progress line on a terminal; default: on when `log` is not given (the commands). */
+  progress?: boolean;
 }
 
 type Component = "etcd" | "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" | "kwok" | "spin-operator";
@@ -47,7 +49,10 @@ export class ControlPlane {
 
   static async start(options: ControlPlaneOptions = {}): Promise<ControlPlane> {
     const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-    const bin = await ensureBinaries(log);
+    const bin = await ensureBinaries(log, {
+      modules: CONTROL_PLANE_MODULES,
+      progress: options.progress ?? options.log === undefined,
+    });
     const dir = await mkdtemp(join(tmpdir(), "spindle-sandbox-"));
     const cp = new ControlPlane(dir, bin, options.nodes ?? SANDBOX_NODES, log);
     try {
@@ -261,8 +266,9 @@ export class ControlPlane {
   private async installCrds(): Promise<void> {
     const kc = this.kubeConfig();
     const crds: k8s.KubernetesObject[] = KINDS.map((k) => customResourceDefinition(k) as k8s.KubernetesObject);
-    for (const file of (await readdir(this.bin.spinOperatorCrds)).filter((f) => f.endsWith(".yaml"))) {
-      for (const doc of parseAllDocuments(await readFile(join(this.bin.spinOperatorCrds, file), "utf8"))) {
+    const crdDir = this.bin.spinOperatorCrds!;
+    for (const file of (await readdir(crdDir)).filter((f) => f.endsWith(".yaml"))) {
+      for (const doc of parseAllDocuments(await readFile(join(crdDir, file), "utf8"))) {
         const obj = doc.toJS() as k8s.KubernetesObject | null;
         if (obj?.kind === "CustomResourceDefinition") crds.push(obj);
       }

@@ -1,15 +1,18 @@
 /**
  * `npm run bench`: measures Spindle on the sandbox control plane with real agent and controller
  * processes, a real Mosquitto and USB fixture trees. Prints one JSON line per figure; it passes or
- * fails nothing. BENCH_DEVICES (default 1000) sets the size of the scale runs.
+ * fails nothing. BENCH_DEVICES (default 1000) sets the size of the scale runs. The processes run
+ * as the chart runs them: the production build (dist/, built first) with the chart's NODE_OPTIONS.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import * as k8s from "@kubernetes/client-node";
+import { parse } from "yaml";
 import { MqttDeviceSimulator } from "../../discovery-handlers/mqtt/mock.js";
 import { startMosquitto } from "../../discovery-handlers/mqtt/mosquitto.js";
 import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
+import { build } from "../../scripts/build.js";
 import { applyObject } from "../../src/k8s/client.js";
 import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, ResourceClient } from "../../src/k8s/resources.js";
 import { ControlPlane, EXECUTOR, spinAppExecutor } from "../../src/sandbox/control-plane.js";
@@ -91,12 +94,29 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime in clock ticks (100 Hz)
 }
 
-/** The node process behind `spindle` (bin/spindle.js runs in the same process). */
+/** The chart's V8 flags per command (values.yaml `<command>.nodeOptions`). */
+const CHART_VALUES = parse(
+  readFileSync(resolve(import.meta.dirname, "../../charts/spindle/values.yaml"), "utf8"),
+) as Record<string, { nodeOptions?: string }>;
+
+/** The node process behind `spindle` (bin/spindle.js runs the build in the same process). */
 function spindle(args: string[], kubeconfig: string): ChildProcess {
   return spawn(process.execPath, [BIN, ...args], {
-    env: { ...process.env, KUBECONFIG: kubeconfig, LOG_LEVEL: "warn" },
+    env: {
+      ...process.env,
+      KUBECONFIG: kubeconfig,
+      LOG_LEVEL: "warn",
+      NODE_ENV: "production",
+      NODE_OPTIONS: CHART_VALUES[args[0]!]?.nodeOptions ?? "",
+    },
     stdio: "ignore",
   });
+}
+
+/** TLS connections a process opened to the apiserver so far (its /metrics). */
+async function connectionsOpened(port: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  return Number(/^spindle_api_connections_opened (\S+)/m.exec(text)?.[1] ?? Number.NaN);
 }
 
 /**
@@ -277,6 +297,12 @@ async function main(): Promise<void> {
       seconds: Math.round(seconds),
       ratio_of_raw_creates: Math.round(((SCALE * 3) / seconds / rawRate) * 100) / 100,
     });
+    report("agent_tls_connections", await connectionsOpened(agentPort), "connections", {
+      since: "start, through the cold start",
+    });
+    report("controller_tls_connections", await connectionsOpened(controllerPort), "connections", {
+      since: "start, through the cold start",
+    });
     report("agent_rss", rssMiB(agent.pid!), "MiB", {
       devices: SCALE + 100,
       heap_used_mib: Math.round(await heapMiB(agentPort)),
@@ -335,9 +361,15 @@ async function largeRun(): Promise<void> {
   try {
     const agentPort = await freePort();
     const controllerPort = await freePort();
+    const idlePort = await freePort();
     const agent = spindle(["agent", "--node", "edge-1", "--http-address", `127.0.0.1:${agentPort}`], cp.kubeconfigPath);
     const controller = spindle(["controller", "--http-address", `127.0.0.1:${controllerPort}`], cp.kubeconfigPath);
-    children.push(agent, controller);
+    // An agent whose node publishes none of the cluster's Devices (it runs no MQTT discovery).
+    const idleAgent = spindle(
+      ["agent", "--node", "edge-2", "--handlers", "usb", "--http-address", `127.0.0.1:${idlePort}`],
+      cp.kubeconfigPath,
+    );
+    children.push(agent, controller, idleAgent);
     const client = await sim.connectClient();
     for (let i = 0; i < LARGE; i++) {
       const id = `big_${i}`;
@@ -380,10 +412,48 @@ async function largeRun(): Promise<void> {
       devices: LARGE,
       heap_used_mib: Math.round(await heapMiB(controllerPort)),
     });
+    report("agent_rss_no_own_devices_large", rssMiB(idleAgent.pid!), "MiB", {
+      cluster_devices: LARGE,
+      heap_used_mib: Math.round(await heapMiB(idlePort)),
+    });
     const before = (await apiWrites(agentPort)) + (await apiWrites(controllerPort));
     await new Promise((r) => setTimeout(r, 60_000));
     const steady = (await apiWrites(agentPort)) + (await apiWrites(controllerPort)) - before;
     report("steady_state_writes_large", steady, "writes/min", { devices: LARGE });
+
+    // A full write burst: one DeviceSpinApp binds every Device (a slot each, a SpinApp each).
+    // spin-operator is stopped first: 10,000 Deployments and pods do not fit a 2-core sandbox,
+    // and the controller's writes are the same without them (the sandbox runs no webhooks).
+    await cp.stopComponent("spin-operator");
+    const kc = cp.kubeConfig();
+    await kc.makeApiClient(k8s.CoreV1Api).createNamespace({ body: { metadata: { name: "bench" } } });
+    await new ResourceClient(kc, DEVICE_SPIN_APPS, "bench").apply({
+      apiVersion: "spindle.dev/v1alpha1",
+      kind: "DeviceSpinApp",
+      metadata: { name: "bench-burst", namespace: "bench" },
+      spec: {
+        deviceConfiguration: "bench-large",
+        template: { spec: { image: "ghcr.io/acme/app:v1", executor: EXECUTOR, replicas: 1 } },
+      },
+    } as never);
+    const burstStart = Date.now();
+    const controllerWrites = await apiWrites(controllerPort);
+    await until(
+      `${LARGE} SpinApps and slots written`,
+      async () => (await apiWrites(controllerPort)) - controllerWrites >= 2 * LARGE,
+      1_800_000,
+      1000,
+    );
+    report("controller_burst_large", LARGE / ((Date.now() - burstStart) / 1000), "devices bound/s", {
+      n: LARGE,
+      writes: (await apiWrites(controllerPort)) - controllerWrites,
+    });
+    await new Promise((r) => setTimeout(r, 20_000));
+    report("controller_rss_after_burst_large", rssMiB(controller.pid!), "MiB", {
+      devices: LARGE,
+      spinApps: LARGE,
+      heap_used_mib: Math.round(await heapMiB(controllerPort)),
+    });
   } finally {
     for (const c of children) c.kill("SIGTERM");
     await new Promise((r) => setTimeout(r, 1000));
@@ -394,6 +464,7 @@ async function largeRun(): Promise<void> {
 }
 
 // `tsx test/bench/bench.ts large` runs only the 10,000-device part.
+await build();
 if (!process.argv.includes("large")) await main();
 if (LARGE > 0) await largeRun();
 process.exit(0);

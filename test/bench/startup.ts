@@ -9,12 +9,13 @@
  *   STARTUP_RUNS runs (default 15), dist and sources interleaved;
  * - {agent,controller}_rss_idle_{dist,sources}: VmRSS of `spindle agent` / `spindle controller`
  *   STARTUP_SETTLE_MS (default 3000) after it has started, with nothing to discover or reconcile;
- *   median of 3 processes.
+ *   median of 3 processes; the dist processes with the chart's NODE_OPTIONS.
  */
 import { spawn, spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { resolve } from "node:path";
+import { parse } from "yaml";
 import { build } from "../../scripts/build.js";
 import { startStubApiserver } from "../stub-apiserver.js";
 
@@ -81,6 +82,10 @@ async function idleRss(args: string[], ready: RegExp, env: NodeJS.ProcessEnv): P
   }
 }
 
+const CHART_VALUES = parse(
+  readFileSync(resolve(import.meta.dirname, "../../charts/spindle/values.yaml"), "utf8"),
+) as Record<string, { nodeOptions?: string }>;
+
 const buildStarted = performance.now();
 await build();
 report("build", performance.now() - buildStarted, "ms");
@@ -104,8 +109,12 @@ try {
   for (const { name, args, ready } of commands)
     for (const from of ["dist", "sources"] as const) {
       const samples: number[] = [];
+      // The build runs as the chart runs it, with its V8 flags (values.yaml <command>.nodeOptions).
+      const nodeOptions = from === "dist" ? (CHART_VALUES[name]?.nodeOptions ?? "") : "";
       for (let i = 0; i < 3; i++)
-        samples.push(await idleRss(args, ready, { KUBECONFIG: api.kubeconfig, ...FROM[from] }));
+        samples.push(
+          await idleRss(args, ready, { KUBECONFIG: api.kubeconfig, NODE_OPTIONS: nodeOptions, ...FROM[from] }),
+        );
       report(`${name}_rss_idle_${from}`, median(samples), "MiB", {
         n: samples.length,
         settle_ms: SETTLE_MS,

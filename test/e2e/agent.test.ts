@@ -51,7 +51,8 @@ describe("agent: USB and MQTT devices become Device objects", () => {
     await sim?.close();
     await broker?.stop();
     await usb?.dispose();
-    for (const name of ["usb-e2e", "mqtt-e2e", "bad-details"]) await configs.delete(name).catch(() => undefined);
+    for (const name of ["usb-e2e", "mqtt-e2e", "bad-details", "usb-collide"])
+      await configs.delete(name).catch(() => undefined);
   });
 
   it("publishes a plugged USB device with its properties and capacity, advertises it, and removes it after the grace period", async () => {
@@ -109,6 +110,64 @@ describe("agent: USB and MQTT devices become Device objects", () => {
       "the extended resource to be withdrawn",
       async () => !(await nodeResources("edge-1")).some(([k]) => k === resource),
     );
+  });
+
+  it("watches only its own node's Devices, and still never merges another node's Device of another identity under the same name", async () => {
+    await configuration("usb-collide", "usb", { sysfsRoot: usb.sysfsRoot, pollSeconds: 1 }, { offlineGraceSeconds: 1 });
+    await usb.plug({ port: "1-5", vendorId: "0403", productId: "6001", serial: "COLLIDE" });
+    // (The fixture still holds test 1's filtered-out device; this configuration sees it too.)
+    const collide = async () =>
+      (await devicesOf("usb-collide")).filter((d) => d.spec.properties.USB_SERIAL === "COLLIDE");
+    const both = await eventually("COLLIDE on both nodes", async () => {
+      const list = await collide();
+      return list.length === 2 ? list : undefined;
+    });
+    const mine = both.find((d) => d.spec.nodes.includes("edge-1"))!;
+    // Each node labels what it publishes, and its agent watches only that label.
+    expect(mine.metadata.labels).toHaveProperty(["node.spindle.dev/edge-1"]);
+    expect(mine.metadata.labels).not.toHaveProperty(["node.spindle.dev/edge-2"]);
+    const name = mine.metadata.name!;
+    await usb.unplug("1-5");
+    await eventually("COLLIDE gone", async () => (await collide()).length === 0, 20_000);
+
+    // Another identity under the name edge-1 computes for COLLIDE, published by edge-2 only: not
+    // in edge-1's cache, so only the apiserver can tell edge-1 the name is taken.
+    const other = new ResourceClient<Device & Obj>(kc, DEVICES, "spindle-agent-edge-2");
+    await other.apply({
+      apiVersion: "spindle.dev/v1alpha1",
+      kind: "Device",
+      metadata: { name, labels: { "spindle.dev/configuration": "usb-collide", "node.spindle.dev/edge-2": "" } },
+      spec: {
+        configurationName: "usb-collide",
+        handler: "usb",
+        shared: false,
+        id: "someone-else@edge-2",
+        nodes: ["edge-2"],
+        properties: { USB_SERIAL: "OTHER" },
+        capacity: 1,
+      },
+    } as never);
+    await usb.plug({ port: "1-5", vendorId: "0403", productId: "6001", serial: "COLLIDE" });
+    await eventually("a DeviceNameCollision Event", async () =>
+      (await core.listNamespacedEvent({ namespace: "default" })).items.some(
+        (e) =>
+          e.reason === "DeviceNameCollision" && e.message?.includes(name) && e.involvedObject.name === "usb-collide",
+      ),
+    );
+    // The agent is alive and publishing: another device comes through right after.
+    await usb.plug({ port: "1-6", vendorId: "0403", productId: "6001", serial: "AFTER" });
+    await eventually("AFTER on edge-1", async () =>
+      (await devicesOf("usb-collide")).some(
+        (d) => d.spec.properties.USB_SERIAL === "AFTER" && d.spec.nodes.includes("edge-1"),
+      ),
+    );
+    const taken = await devices.get(name);
+    expect(taken.spec.id).toBe("someone-else@edge-2");
+    expect(taken.spec.nodes).toEqual(["edge-2"]);
+    expect(taken.spec.properties.USB_SERIAL).toBe("OTHER");
+    await usb.unplug("1-5");
+    await usb.unplug("1-6");
+    await devices.delete(name).catch(() => undefined);
   });
 
   it("reports one shared MQTT device seen by two agents, and one agent leaving removes only its node", async () => {

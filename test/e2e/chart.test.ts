@@ -27,6 +27,7 @@ import {
   serviceAccountUser,
   whoAmI,
 } from "./impersonation.js";
+import { Impersonated, podBoundKubeconfig } from "./node-identity.js";
 import { SpindleProcess } from "./spindle-process.js";
 
 const run = promisify(execFile);
@@ -77,7 +78,16 @@ interface PodSpec {
 }
 type Workload = Manifest & { spec: { replicas?: number; template: { spec: PodSpec } } };
 
-const RBAC_KINDS = new Set(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]);
+// The agent's access is its RBAC narrowed by the chart's node restriction policy: both go in for real.
+const RBAC_KINDS = new Set([
+  "ServiceAccount",
+  "ClusterRole",
+  "ClusterRoleBinding",
+  "Role",
+  "RoleBinding",
+  "ValidatingAdmissionPolicy",
+  "ValidatingAdmissionPolicyBinding",
+]);
 
 let helmBin: string;
 let workDir: string;
@@ -294,9 +304,10 @@ describe("Helm chart charts/spindle: lint, render, server-side dry run", () => {
     const env = processOf(container, { "spec.nodeName": "edge-1" }).env;
     expect(env).toMatchObject({
       NODE_NAME: "edge-1",
-      SPINDLE_HANDLERS: "usb,onvif,mqtt,mdns",
+      SPINDLE_HANDLERS: "usb,onvif,mqtt,mdns,opcua",
       SPINDLE_HTTP_ADDRESS: "0.0.0.0:9090",
       LOG_LEVEL: "info",
+      NODE_OPTIONS: "--max-semi-space-size=1",
     });
     expect(container.env?.find((e) => e.name === "NODE_NAME")?.valueFrom?.fieldRef?.fieldPath).toBe("spec.nodeName");
     expect(pod.volumes?.find((v) => v.name === "sys")?.hostPath).toEqual({ path: "/sys", type: "Directory" });
@@ -630,7 +641,19 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
     const deployment = only<Workload>(objects, "Deployment");
     agentSa = daemonSet.spec.template.spec.serviceAccountName;
     controllerSa = deployment.spec.template.spec.serviceAccountName;
-    agentKubeconfig = await impersonatingKubeconfig(inject("kubeconfig"), ns.name, agentSa, workDir);
+    // The agent's credentials as the kubelet gives them: a token bound to an agent Pod on edge-1,
+    // which carries the node the policy checks. Its writes count once the policy denies.
+    agentKubeconfig = (await podBoundKubeconfig(kc, inject("kubeconfig"), ns.name, agentSa, "edge-1", workDir))
+      .kubeconfig;
+    const asEdge1 = new Impersonated(kc, serviceAccountUser(ns.name, agentSa), "edge-1");
+    await eventually("the node restriction policy to take effect", async () => {
+      const a = await asEdge1.apply(
+        "/api/v1/nodes/edge-2/status",
+        { apiVersion: "v1", kind: "Node", metadata: { name: "edge-2" }, status: {} },
+        "spindle-agent-edge-1",
+      );
+      return a.status === 403 && a.body.message?.includes("[own-node-status]");
+    });
     const controllerKubeconfig = await impersonatingKubeconfig(inject("kubeconfig"), ns.name, controllerSa, workDir);
 
     // The commands and environment of the chart's containers, with the downward API filled in
@@ -781,7 +804,7 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
     const second = await SpindleProcess.start(`chart-agent-gone-${suffix}`, proc.args, {
       ...proc.env,
       SPINDLE_HTTP_ADDRESS: "",
-      KUBECONFIG: agentKubeconfig,
+      KUBECONFIG: (await podBoundKubeconfig(kc, inject("kubeconfig"), ns.name, agentSa, goneNode, workDir)).kubeconfig,
     });
     processes.push(second);
     await usb.plug({ port: "1-2", vendorId: "0403", productId: "6001", serial: "Y" });
@@ -852,7 +875,6 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
         { verb, resource: "devices.spindle.dev" },
         true,
       ]),
-      [{ verb: "get", resource: "nodes", subresource: "status" }, true],
       [{ verb: "patch", resource: "nodes", subresource: "status" }, true],
       [{ verb: "watch", resource: "nodes" }, true],
       [{ verb: "create", resource: "events", namespace: "default" }, true],
@@ -871,6 +893,7 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
       [{ verb: "delete", resource: "nodes" }, false],
       [{ verb: "patch", resource: "nodes" }, false],
       [{ verb: "update", resource: "nodes", subresource: "status" }, false],
+      [{ verb: "get", resource: "nodes", subresource: "status" }, false],
       [{ verb: "update", resource: "devices.spindle.dev" }, false],
       [{ verb: "patch", resource: "devices.spindle.dev", subresource: "status" }, false],
       [{ verb: "create", resource: "deviceconfigurations.spindle.dev" }, false],

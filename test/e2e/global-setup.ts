@@ -1,4 +1,5 @@
 import type { TestProject } from "vitest/node";
+import { ALL_MODULES, ensureBinaries } from "../../src/sandbox/build.js";
 import { ControlPlane } from "../../src/sandbox/control-plane.js";
 
 declare module "vitest" {
@@ -16,7 +17,10 @@ declare module "vitest" {
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const started = Date.now();
-  const cp = await ControlPlane.start({ log: (line) => process.stderr.write(`[sandbox] ${line}\n`) });
+  const log = (line: string) => process.stderr.write(`[sandbox] ${line}\n`);
+  // Every module, helm too (chart.test.ts), so no test's hook waits for a build.
+  await ensureBinaries(log, { modules: ALL_MODULES });
+  const cp = await ControlPlane.start({ log });
   process.stderr.write(`[sandbox] up in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   project.provide("kubeconfig", cp.kubeconfigPath);
   project.provide("kubectl", cp.kubectlPath);

@@ -143,6 +143,7 @@ describe("onvif over loopback multicast: fake cameras on 127.0.0.x, a real agent
       ONVIF_MODEL: "Dome-1",
       ONVIF_FIRMWARE_VERSION: "2.4.1",
       ONVIF_SERIAL_NUMBER: "SN-11",
+      ONVIF_HARDWARE_ID: "fake-1",
       ONVIF_SCOPES: cam.scopes.join(" "),
     });
 
@@ -166,6 +167,22 @@ describe("onvif over loopback multicast: fake cameras on 127.0.0.x, a real agent
     await untilGone("onvif-silence", "the Device to go after silence + grace", [agent]);
     expect(Date.now() - silentAt, "a probe round plus the grace period").toBeGreaterThanOrEqual(2000);
     expect(agent.log()).toMatch(/no longer reported; keeping it for its grace period/);
+  });
+
+  it("probes on this node's own interface when nodeInterfaces names one", async () => {
+    const cam = await camera({ ip: "127.0.0.13", hello: false });
+    // The configuration-wide interface (TEST-NET-1, RFC 5737) is on no node here: edge-1 finds
+    // the camera only through its own entry. Binding to it fails locally; nothing is sent.
+    await configuration("onvif-per-node", {
+      interface: "192.0.2.1",
+      nodeInterfaces: { "edge-1": "127.0.0.1" },
+      probeIntervalSeconds: 1,
+      ...only(cam.id),
+    });
+    await eventually("the camera found over edge-1's interface", async () =>
+      (await devicesOf("onvif-per-node")).some((d) => d.spec.properties.ONVIF_DEVICE_UUID === cam.id),
+    );
+    await cam.stop({ bye: false });
   });
 
   it("applies scope, MAC and UUID filters, Include and Exclude, each in its own configuration", async () => {

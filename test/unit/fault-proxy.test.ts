@@ -258,7 +258,11 @@ describe("FaultProxy", () => {
       ["GET", `${LIST}?labelSelector=a%3Db&limit=5`, `Bearer ${TOKEN}`],
       ["POST", LIST, `Bearer ${TOKEN}`],
     ]);
-    expect(p.counts).toEqual({
+    // One TLS handshake per connection the client opened (its agent may or may not reuse one).
+    const { connections, ...counts } = p.counts;
+    expect(connections).toBeGreaterThanOrEqual(1);
+    expect(connections).toBeLessThanOrEqual(2);
+    expect(counts).toEqual({
       requests: 2,
       forwarded: 2,
       errors: 0,

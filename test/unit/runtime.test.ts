@@ -18,7 +18,7 @@ import type { Metafile } from "esbuild";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HANDLERS } from "../../discovery-handlers/index.js";
 import { HANDLER_SCHEMAS } from "../../discovery-handlers/schemas.js";
-import { build, EXTERNAL } from "../../scripts/build.js";
+import { build, EXTERNAL, OPTIONAL_ABSENT } from "../../scripts/build.js";
 import { type StubApiserver, startStubApiserver } from "../stub-apiserver.js";
 
 const REPO = resolve(import.meta.dirname, "../..");
@@ -28,7 +28,8 @@ const run = promisify(execFile);
 const NEVER_IN_PRODUCTION = [
   /^src\/sandbox\//,
   /^src\/dev\//,
-  /^src\/commands\/(dev|sandbox)\.ts$/,
+  /^src\/commands\/(dev|sandbox|simulate)\.ts$/,
+  /^src\/simulate\//,
   /node_modules\/aedes\//,
   /(^|\/)mock\.ts$/,
   /(^|\/)testing\.ts$/,
@@ -50,7 +51,7 @@ const HANDLER_CODE = [
  * Optional packages that bundled code require()s inside try/catch (ws: bufferutil, utf-8-validate;
  * debug: supports-color; node-fetch: encoding): esbuild leaves them external and they are absent.
  */
-const OPTIONAL_REQUIRES = ["bufferutil", "utf-8-validate", "supports-color", "encoding"];
+const OPTIONAL_REQUIRES = ["bufferutil", "utf-8-validate", "supports-color", "encoding", ...OPTIONAL_ABSENT];
 
 /** Packages a chunk imports from node_modules at run time, beyond Node's own modules and optional ones. */
 function packagesImported(externals: Set<string>): string[] {
