@@ -36,7 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! command -v go >/dev/null 2>&1; then
-  echo "error: Go >= 1.24 is required to build the sandbox control plane (https://go.dev/dl); it is not on PATH" >&2
+  echo "error: Go >= 1.26 is required to build the sandbox control plane (https://go.dev/dl); it is not on PATH" >&2
   exit 1
 fi
 node -e 'const [M]=process.versions.node.split(".").map(Number); if (M < 20) { console.error("error: Node.js >= 20 is required, found " + process.version); process.exit(1) }'

@@ -67,6 +67,11 @@ program
     "auto (DRA where the controller set it up, else node extended resources), dra or node-resources (env SPINDLE_PLACEMENT)",
     process.env.SPINDLE_PLACEMENT ?? "auto",
   )
+  .option(
+    "--kubelet-dir <path>",
+    "serve the DRA kubelet plugin for spindle.dev under this kubelet root, e.g. /var/lib/kubelet (env SPINDLE_KUBELET_DIR; default: off)",
+    process.env.SPINDLE_KUBELET_DIR,
+  )
   .action(async (options) => (await import("./commands/agent.js")).agentCommand(options));
 
 program

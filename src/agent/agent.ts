@@ -1,3 +1,4 @@
+import { join } from "node:path";
 import type * as k8s from "@kubernetes/client-node";
 import type { HandlerRegistry } from "../../discovery-handlers/external/registry.js";
 import type { DiscoveryHandler } from "../../discovery-handlers/handler.js";
@@ -7,15 +8,17 @@ import {
   deviceConfiguration,
   EXTERNAL_HANDLERS_ANNOTATION,
 } from "../api/device-configuration.js";
-import { Api } from "../k8s/api.js";
+import { Api, ApiError } from "../k8s/api.js";
 import { Cache, sleep } from "../k8s/cache.js";
+import { DRIVER, type PlacementOption } from "../k8s/dra.js";
 import { EventRecorder } from "../k8s/events.js";
 import { apiVersionOf, DEVICE_CONFIGURATIONS, NODES, objectPath } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
-import type { PlacementOption } from "../k8s/dra.js";
 import { DevicePublisher } from "./device-publisher.js";
-import { AgentDra } from "./dra.js";
 import { resolveDiscoveryProperties } from "./discovery-properties.js";
+import { AgentDra } from "./dra.js";
+import type { ClaimAllocation, KubeletPlugin } from "./kubelet-plugin.js";
+import { ReferenceWatch } from "./reference-watch.js";
 
 interface DiscoveryRun {
   /** The discoveryHandler part of the spec it was started with: a change restarts it. */
@@ -34,6 +37,8 @@ export interface AgentOptions {
   external?: Pick<HandlerRegistry, "get" | "onChange" | "names">;
   /** How SpinApps reach this node's devices (default auto: DRA where the controller set it up). */
   placement?: PlacementOption;
+  /** The kubelet's root (e.g. /var/lib/kubelet): serve the DRA kubelet plugin for spindle.dev there. */
+  kubeletDir?: string;
   log: Logger;
 }
 
@@ -49,6 +54,7 @@ type ConfigObj = DeviceConfiguration & k8s.KubernetesObject;
 export class Agent {
   readonly publisher: DevicePublisher;
   readonly dra: AgentDra;
+  private kubeletPlugin: KubeletPlugin | undefined;
   private configurations: Cache<ConfigObj>;
   private runs = new Map<string, DiscoveryRun>();
   /** The last valid spec of each configuration, and the generation it came from. */
@@ -70,7 +76,10 @@ export class Agent {
       (name) => this.valid.get(name),
       {
         advertiseNodeResources: () => this.dra.mode() === "node-resources",
-        onPublishedChange: () => this.dra.sync(),
+        onPublishedChange: () => {
+          this.dra.sync();
+          this.kubeletPlugin?.devicesChanged();
+        },
       },
     );
     this.dra = new AgentDra({
@@ -152,6 +161,7 @@ export class Agent {
       this.dra.start(this.abort.signal),
     ]);
     if (!configs || !published || !dra) return;
+    if (this.options.kubeletDir) await this.startKubeletPlugin(this.options.kubeletDir);
     this.ready = true;
     for (const c of this.configurations.list()) this.sync(c);
     this.publisher.adopt();
@@ -160,6 +170,33 @@ export class Agent {
   }
 
   private ready = false;
+
+  /** Registers the DRA kubelet plugin: the kubelet starts no pod whose claim names a driver without one. */
+  private async startKubeletPlugin(kubeletDir: string): Promise<void> {
+    const api = Api.for(this.options.kc);
+    // gRPC is loaded only where the plugin is served, as for external handlers.
+    const { KubeletPlugin } = await import("./kubelet-plugin.js");
+    this.kubeletPlugin = new KubeletPlugin({
+      registryDir: join(kubeletDir, "plugins_registry"),
+      pluginDir: join(kubeletDir, "plugins", DRIVER),
+      allocationOf: async (claim) => {
+        try {
+          const c = await api.request<{
+            metadata: { uid: string };
+            status?: { allocation?: { devices?: { results?: ClaimAllocation } } };
+          }>("GET", `/apis/resource.k8s.io/v1/namespaces/${claim.namespace}/resourceclaims/${claim.name}`);
+          return c.metadata.uid === claim.uid ? (c.status?.allocation?.devices?.results ?? []) : undefined;
+        } catch (err) {
+          if (err instanceof ApiError && err.code === 404) return undefined;
+          throw err;
+        }
+      },
+      devices: () => this.dra.publishedDevices(),
+      log: this.log,
+    });
+    await this.kubeletPlugin.start();
+    this.log.info({ socket: this.kubeletPlugin.registrationSocket }, "DRA kubelet plugin serving");
+  }
 
   private onConfiguration(obj: ConfigObj, verb: string): void {
     if (this.stopped || !this.ready) return;
@@ -261,24 +298,41 @@ export class Agent {
   ): Promise<void> {
     const name = configuration.metadata.name!;
     const log = this.log.child({ configuration: name, handler: handler.name });
+    const references = configuration.spec.discoveryHandler.discoveryProperties;
     let failures = 0;
+    // A rotated Secret or ConfigMap restarts this discovery only, with the new values.
+    let attempt = new AbortController();
+    let properties: Record<string, string> | undefined;
+    const watch = new ReferenceWatch(this.options.kc, references, log, () => {
+      void resolveDiscoveryProperties(this.options.kc, references).then(
+        (next) => {
+          if (properties && sameValues(properties, next)) return;
+          log.info("referenced Secret or ConfigMap changed; restarting discovery");
+          attempt.abort();
+        },
+        () => attempt.abort(), // unreadable now: the restart reports why
+      );
+    });
+    if (!watch.empty) void watch.start(signal);
+    signal.addEventListener("abort", () => void watch.stop(), { once: true });
     while (!signal.aborted) {
+      attempt = new AbortController();
+      const running = AbortSignal.any([signal, attempt.signal]);
       try {
-        const properties = await resolveDiscoveryProperties(
-          this.options.kc,
-          configuration.spec.discoveryHandler.discoveryProperties,
-        );
+        properties = await resolveDiscoveryProperties(this.options.kc, references);
         log.info("discovery started");
-        for await (const set of handler.discover({ details, properties, signal, log })) {
-          if (signal.aborted) break;
+        for await (const set of handler.discover({ details, properties, signal: running, log })) {
+          if (running.aborted) break;
           failures = 0;
           log.debug({ devices: set.length }, "device set");
           this.publisher.report(name, handler.name, handler.shared, set);
         }
         if (signal.aborted) return;
+        if (attempt.signal.aborted) continue;
         throw new Error("discovery ended without being stopped");
       } catch (err) {
         if (signal.aborted) return;
+        if (attempt.signal.aborted) continue;
         failures++;
         const message = err instanceof Error ? err.message : String(err);
         log.error({ err: message }, "discovery failed; restarting");
@@ -316,5 +370,11 @@ export class Agent {
     await this.configurations.stop();
     await this.publisher.stop();
     await this.dra.stop();
+    await this.kubeletPlugin?.stop();
   }
+}
+
+function sameValues(a: Record<string, string>, b: Record<string, string>): boolean {
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
 }

@@ -214,9 +214,21 @@ export class DevicePublisher {
       if (seen.has(name)) continue;
       seen.add(name);
       const before = this.observed.get(name);
-      // Most of a set is unchanged: keep those entries as they are (no hashing, no copies).
-      if (before && before.missingSince === undefined && before.raw === device.properties) {
-        continue;
+      // Most of a set is unchanged: keep those entries as they are (no hashing, no copies, no
+      // new objects). Handlers that keep their objects (usb) are skipped by reference; those
+      // that rebuild them for every set (mqtt, external handlers over gRPC) by their contents.
+      if (before && before.missingSince === undefined) {
+        if (before.raw === device.properties) continue;
+        if (
+          before.problem === device.problem &&
+          before.hostPaths === undefined &&
+          device.mounts === undefined &&
+          device.deviceSpecs === undefined &&
+          sameRecord(before.raw, device.properties)
+        ) {
+          before.raw = device.properties;
+          continue;
+        }
       }
       const properties =
         before && sameRecord(before.raw, device.properties) ? before.properties : boundProperties(device.properties);

@@ -52,7 +52,9 @@ export class AgentDra {
   async start(signal?: AbortSignal): Promise<boolean> {
     const { kc, log, placement } = this.options;
     if (placement === "node-resources") return true;
-    if (!(await draServed(kc))) {
+    const served = await draServed(kc, signal);
+    if (served === undefined) return false;
+    if (!served) {
       if (placement === "dra")
         throw new Error("--placement dra: this cluster does not serve resource.k8s.io/v1 (Kubernetes >= 1.34)");
       log.info("resource.k8s.io/v1 not served: placing SpinApps through node extended resources");
@@ -61,13 +63,16 @@ export class AgentDra {
     if (placement === "auto") {
       // An agent without RBAC for DeviceClasses (an older chart) keeps the node resources.
       try {
-        await new ResourceClient(kc, DEVICE_CLASSES, this.options.fieldManager).list(undefined, `${MANAGED_LABEL}=true`);
+        await new ResourceClient(kc, DEVICE_CLASSES, this.options.fieldManager).list(
+          undefined,
+          `${MANAGED_LABEL}=true`,
+        );
       } catch (err) {
         if (err instanceof ApiError && err.code === 403) {
           log.warn("no permission to read DeviceClasses: placing SpinApps through node extended resources");
           return true;
         }
-        throw err;
+        // Anything else: the cache below retries its list until it succeeds.
       }
       this.classes = new Cache<DeviceClassObj>(
         kc,
@@ -102,6 +107,13 @@ export class AgentDra {
       this.options.onPlacementChange();
     }
     this.slices?.sync();
+  }
+
+  /** Pool and name of every DRA device this node publishes (for the kubelet plugin's health). */
+  publishedDevices(): { pool: string; device: string }[] {
+    return (this.slices?.list() ?? []).flatMap((s) =>
+      s.spec.devices.map((d) => ({ pool: s.spec.pool.name, device: d.name })),
+    );
   }
 
   /** The published Devices may have changed. */

@@ -4,9 +4,9 @@ import { describe, expect, it } from "vitest";
 import type { Device } from "../api/device.js";
 import {
   type DropWarning,
+  desiredSlices,
   draAttributes,
   draDeviceName,
-  desiredSlices,
   MAX_DEVICES_PER_SLICE,
   planSlices,
   type Slice,
@@ -18,8 +18,20 @@ function device(name: string, over: Partial<Device["spec"]> = {}): Dev {
   return {
     apiVersion: "spindle.dev/v1alpha1",
     kind: "Device",
-    metadata: { name, ownerReferences: [{ apiVersion: "spindle.dev/v1alpha1", kind: "DeviceConfiguration", name: "cams", uid: "u1" }] },
-    spec: { configurationName: "cams", handler: "usb", shared: false, id: name, nodes: ["edge-1"], properties: {}, capacity: 1, ...over },
+    metadata: {
+      name,
+      ownerReferences: [{ apiVersion: "spindle.dev/v1alpha1", kind: "DeviceConfiguration", name: "cams", uid: "u1" }],
+    },
+    spec: {
+      configurationName: "cams",
+      handler: "usb",
+      shared: false,
+      id: name,
+      nodes: ["edge-1"],
+      properties: {},
+      capacity: 1,
+      ...over,
+    },
   };
 }
 
@@ -63,7 +75,12 @@ describe("draAttributes", () => {
 describe("draDeviceName", () => {
   it("is a DNS label, distinct per slot and device", () => {
     const long = `${"c".repeat(50)}-0123456789ab`;
-    const names = [draDeviceName("cams-1", 0), draDeviceName("cams-1", 1), draDeviceName(long, 0), draDeviceName(long, 1)];
+    const names = [
+      draDeviceName("cams-1", 0),
+      draDeviceName("cams-1", 1),
+      draDeviceName(long, 0),
+      draDeviceName(long, 1),
+    ];
     for (const n of names) expect(n).toMatch(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/);
     expect(new Set(names).size).toBe(4);
   });
@@ -91,7 +108,9 @@ describe("desiredSlices", () => {
     );
     expect(slices).toHaveLength(1);
     expect(slices[0]!.spec.nodeName).toBeUndefined();
-    expect(slices[0]!.spec.nodeSelector?.nodeSelectorTerms[0]?.matchFields[0]?.values).toEqual(["edge-1", "edge-2"]);
+    expect(slices[0]!.spec.nodeSelector?.nodeSelectorTerms).toEqual([
+      { matchExpressions: [{ key: "kubernetes.io/hostname", operator: "In", values: ["edge-1", "edge-2"] }] },
+    ]);
     expect(slices[0]!.spec.devices.map((d) => d.name)).toEqual(["cams-s-0"]);
   });
 });
@@ -156,7 +175,9 @@ describe("planSlices", () => {
           // A pool that changed has a generation above every generation it had before.
           const old = first.filter((s) => s.spec.pool.name === pool);
           if (plan.apply.some((s) => s.spec.pool.name === pool) && old.length > 0)
-            expect(slices[0]!.spec.pool.generation).toBeGreaterThan(Math.max(...old.map((s) => s.spec.pool.generation)));
+            expect(slices[0]!.spec.pool.generation).toBeGreaterThan(
+              Math.max(...old.map((s) => s.spec.pool.generation)),
+            );
         }
       }),
       { numRuns: 150 },
@@ -174,7 +195,10 @@ describe("planSlices", () => {
   });
 
   it("deletes every slice once no device is left", () => {
-    const published = carryOut([], planSlices(desiredSlices([device("cams-a")], { kind: "node", nodeName: "edge-1" }, quiet), []));
+    const published = carryOut(
+      [],
+      planSlices(desiredSlices([device("cams-a")], { kind: "node", nodeName: "edge-1" }, quiet), []),
+    );
     const plan = planSlices([], published);
     expect(plan.apply).toEqual([]);
     expect(plan.delete.map((s) => s.metadata.name)).toEqual(published.map((s) => s.metadata.name));
@@ -187,7 +211,9 @@ describe("planSlices", () => {
       quiet,
     );
     const published = carryOut([], planSlices(slices, []));
-    const mixed = published.map((s, i) => (i === 0 ? { ...s, spec: { ...s.spec, pool: { ...s.spec.pool, generation: 7 } } } : s));
+    const mixed = published.map((s, i) =>
+      i === 0 ? { ...s, spec: { ...s.spec, pool: { ...s.spec.pool, generation: 7 } } } : s,
+    );
     const plan = planSlices(slices, mixed);
     expect(plan.apply).toHaveLength(2);
     expect(plan.apply.every((s) => s.spec.pool.generation === 8)).toBe(true);

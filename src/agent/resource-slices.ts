@@ -20,6 +20,7 @@ const MAX_NAME = 253;
 /** Which publisher a slice belongs to (a node's agent, or the controller for shared devices). */
 export const PUBLISHER_LABEL = "resource.spindle.dev/publisher";
 export const SHARED_PUBLISHER = "shared";
+const HOSTNAME_LABEL = "kubernetes.io/hostname";
 
 export type AttributeValue = { string: string } | { int: number } | { bool: boolean };
 
@@ -32,7 +33,7 @@ export interface SliceSpec {
   driver: string;
   pool: { name: string; generation: number; resourceSliceCount: number };
   nodeName?: string;
-  nodeSelector?: { nodeSelectorTerms: { matchFields: { key: string; operator: "In"; values: string[] }[] }[] };
+  nodeSelector?: { nodeSelectorTerms: { matchExpressions: { key: string; operator: "In"; values: string[] }[] }[] };
   devices: DraDevice[];
 }
 
@@ -71,7 +72,11 @@ export function draDeviceName(deviceName: string, slot: number): string {
  * fit: an attribute name is a C identifier of at most 32 characters, a string at most 64, and a
  * device has at most 32 attributes. What does not fit is dropped and reported through `warn`.
  */
-export function draAttributes(device: Device & k8s.KubernetesObject, slot: number, warn: DropWarning): Record<string, AttributeValue> {
+export function draAttributes(
+  device: Device & k8s.KubernetesObject,
+  slot: number,
+  warn: DropWarning,
+): Record<string, AttributeValue> {
   const name = device.metadata!.name!;
   const out: Record<string, AttributeValue> = {
     device: { string: name },
@@ -86,7 +91,8 @@ export function draAttributes(device: Device & k8s.KubernetesObject, slot: numbe
     const value = device.spec.properties[key]!;
     if (!ATTRIBUTE_ID.test(key) || key.length > MAX_ATTRIBUTE_ID)
       warn(name, key, `not a DRA attribute name (a C identifier of at most ${MAX_ATTRIBUTE_ID} characters)`);
-    else if (value.length > MAX_ATTRIBUTE_STRING) warn(name, key, `value longer than ${MAX_ATTRIBUTE_STRING} characters`);
+    else if (value.length > MAX_ATTRIBUTE_STRING)
+      warn(name, key, `value longer than ${MAX_ATTRIBUTE_STRING} characters`);
     else if (Object.keys(out).length >= MAX_ATTRIBUTES_PER_DEVICE)
       warn(name, key, `more than ${MAX_ATTRIBUTES_PER_DEVICE} attributes per device`);
     else out[key] = { string: value };
@@ -119,7 +125,11 @@ export function publisherLabelValue(scope: SliceScope): string {
  * pool; a shared pool is split by node set (each slice selects its nodes by name), and every
  * slice holds at most 128 devices. Deterministic for the same devices in any order.
  */
-export function desiredSlices(devices: readonly (Device & k8s.KubernetesObject)[], scope: SliceScope, warn: DropWarning): Slice[] {
+export function desiredSlices(
+  devices: readonly (Device & k8s.KubernetesObject)[],
+  scope: SliceScope,
+  warn: DropWarning,
+): Slice[] {
   const publisher = publisherLabelValue(scope);
   const byConfig = new Map<string, (Device & k8s.KubernetesObject)[]>();
   for (const d of devices) {
@@ -133,7 +143,8 @@ export function desiredSlices(devices: readonly (Device & k8s.KubernetesObject)[
   for (const configuration of [...byConfig.keys()].sort()) {
     const pool = poolName(scope, configuration);
     const groups = new Map<string, { nodes: string[]; devices: DraDevice[] }>();
-    const owner = byConfig.get(configuration)!.find((d) => d.metadata?.ownerReferences?.length)?.metadata?.ownerReferences;
+    const owner = byConfig.get(configuration)!.find((d) => d.metadata?.ownerReferences?.length)
+      ?.metadata?.ownerReferences;
     const seen = new Set<string>();
     for (const d of byConfig.get(configuration)!.sort((a, b) => cmp(a.metadata!.name!, b.metadata!.name!))) {
       const nodes = [...d.spec.nodes].sort();
@@ -164,7 +175,9 @@ export function desiredSlices(devices: readonly (Device & k8s.KubernetesObject)[
           name: sliceName(pool, index),
           labels: { [MANAGED_LABEL]: "true", [PUBLISHER_LABEL]: publisher },
           // The garbage collector removes the slices of a deleted configuration even with no publisher running.
-          ...(owner ? { ownerReferences: owner.map((o) => ({ ...o, controller: undefined, blockOwnerDeletion: undefined })) } : {}),
+          ...(owner
+            ? { ownerReferences: owner.map((o) => ({ ...o, controller: undefined, blockOwnerDeletion: undefined })) }
+            : {}),
         },
         spec: {
           driver: DRIVER,
@@ -172,8 +185,12 @@ export function desiredSlices(devices: readonly (Device & k8s.KubernetesObject)[
           ...(scope.kind === "node"
             ? { nodeName: scope.nodeName }
             : {
+                // A slice takes exactly one term, and a field selector names one node: the
+                // hostname label (the node's name, as the kubelet sets it) names them all.
                 nodeSelector: {
-                  nodeSelectorTerms: [{ matchFields: [{ key: "metadata.name", operator: "In", values: chunk.nodes }] }],
+                  nodeSelectorTerms: [
+                    { matchExpressions: [{ key: HOSTNAME_LABEL, operator: "In", values: chunk.nodes }] },
+                  ],
                 },
               }),
           devices: chunk.devices,
@@ -365,7 +382,11 @@ export class ResourceSlicePublisher {
     }
     if (plan.apply.length + plan.delete.length > 0)
       this.log.info(
-        { applied: plan.apply.length, deleted: plan.delete.length, pools: new Set(plan.apply.map((s) => s.spec.pool.name)).size },
+        {
+          applied: plan.apply.length,
+          deleted: plan.delete.length,
+          pools: new Set(plan.apply.map((s) => s.spec.pool.name)).size,
+        },
         "ResourceSlices published",
       );
   }

@@ -14,6 +14,7 @@ export interface AgentCommandOptions {
   registrationSocket?: string;
   allowExternalOverride?: string;
   placement?: string;
+  kubeletDir?: string;
 }
 
 /** `spindle agent`: discovery on one node until SIGTERM; devices stay published across restarts. */
@@ -52,6 +53,7 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
     disabled,
     external: registration?.registry,
     placement,
+    kubeletDir: options.kubeletDir || undefined,
     log,
   });
   let started = false;

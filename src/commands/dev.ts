@@ -83,13 +83,19 @@ export async function devCommand(): Promise<void> {
     const bin = join(ROOT, "bin", "spindle.js");
     // The USB tree is "plugged into" edge-1 only, so its SpinApps must run there.
     processes.push(
-      new ManagedProcess("agent-edge-1", process.execPath, [bin, "agent", "--node", "edge-1"], cp.logDir, env),
+      new ManagedProcess(
+        "agent-edge-1",
+        process.execPath,
+        [bin, "agent", "--node", "edge-1", "--placement", "auto"],
+        cp.logDir,
+        env,
+      ),
     );
     processes.push(
       new ManagedProcess(
         "agent-edge-2",
         process.execPath,
-        [bin, "agent", "--node", "edge-2", "--handlers", "onvif,mqtt,mdns"],
+        [bin, "agent", "--node", "edge-2", "--handlers", "onvif,mqtt,mdns", "--placement", "auto"],
         cp.logDir,
         env,
       ),
@@ -98,7 +104,7 @@ export async function devCommand(): Promise<void> {
       new ManagedProcess(
         "controller",
         process.execPath,
-        [bin, "controller", "--lease-namespace", DEMO_NAMESPACE],
+        [bin, "controller", "--lease-namespace", DEMO_NAMESPACE, "--placement", "auto"],
         cp.logDir,
         env,
       ),

@@ -60,7 +60,12 @@ export function desiredDeviceClasses(
         ...(c.metadata?.uid
           ? {
               ownerReferences: [
-                { apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS), kind: "DeviceConfiguration", name: config, uid: c.metadata.uid },
+                {
+                  apiVersion: apiVersionOf(DEVICE_CONFIGURATIONS),
+                  kind: "DeviceConfiguration",
+                  name: config,
+                  uid: c.metadata.uid,
+                },
               ],
             }
           : {}),
@@ -88,12 +93,18 @@ export function desiredDeviceClasses(
         name: deviceClassName(device),
         labels: { [MANAGED_LABEL]: "true" },
         ...(d.metadata?.uid
-          ? { ownerReferences: [{ apiVersion: apiVersionOf(DEVICES), kind: "Device", name: device, uid: d.metadata.uid }] }
+          ? {
+              ownerReferences: [
+                { apiVersion: apiVersionOf(DEVICES), kind: "Device", name: device, uid: d.metadata.uid },
+              ],
+            }
           : {}),
       },
       spec: {
         selectors: [
-          { cel: { expression: `device.driver == "${DRIVER}" && device.attributes["${DRIVER}"].device == "${device}"` } },
+          {
+            cel: { expression: `device.driver == "${DRIVER}" && device.attributes["${DRIVER}"].device == "${device}"` },
+          },
         ],
         ...(withMapping ? { extendedResourceName: extendedResourceName(device) } : {}),
       },
@@ -164,8 +175,10 @@ export class ControllerDra {
   }
 
   async start(signal: AbortSignal): Promise<boolean> {
-    this.served = await draServed(this.kc);
-    if (!this.served) {
+    const served = await draServed(this.kc, signal);
+    if (served === undefined) return false;
+    this.served = served;
+    if (!served) {
       if (this.options.placement === "dra")
         throw new Error("--placement dra: this cluster does not serve resource.k8s.io/v1 (Kubernetes >= 1.34)");
       this.log.info("resource.k8s.io/v1 not served: placing SpinApps through node extended resources");
@@ -173,7 +186,12 @@ export class ControllerDra {
     }
     this.classes = new Cache<ClassObj>(
       this.kc,
-      { type: DEVICE_CLASSES, labelSelector: `${MANAGED_LABEL}=true`, project: projectClass, onChange: this.options.onChange },
+      {
+        type: DEVICE_CLASSES,
+        labelSelector: `${MANAGED_LABEL}=true`,
+        project: projectClass,
+        onChange: this.options.onChange,
+      },
       this.log,
     );
     this.shared = new ResourceSlicePublisher(
@@ -226,7 +244,12 @@ export class ControllerDra {
     for (const c of this.classes.list()) {
       if (wanted.has(c.metadata!.name!)) continue;
       try {
-        await this.client.delete(c.metadata!.name!, undefined, { uid: c.metadata?.uid }, { signal: this.options.signal });
+        await this.client.delete(
+          c.metadata!.name!,
+          undefined,
+          { uid: c.metadata?.uid },
+          { signal: this.options.signal },
+        );
       } catch (err) {
         if (statusCode(err) !== 404) throw err;
       }

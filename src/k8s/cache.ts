@@ -9,6 +9,8 @@ export type ChangeVerb = "add" | "update" | "delete";
 
 export interface CacheOptions<T extends Obj> {
   type: ResourceType;
+  /** Only this namespace's objects (a namespaced type); all namespaces when omitted. */
+  namespace?: string;
   labelSelector?: string;
   fieldSelector?: string;
   /** What the cache keeps of each object; by default everything but `managedFields`. */
@@ -150,7 +152,7 @@ export class Cache<T extends Obj> {
   }
 
   private async relist(signal: AbortSignal): Promise<void> {
-    const path = collectionPath(this.options.type);
+    const path = collectionPath(this.options.type, this.options.namespace);
     const fresh = new Map<string, T>();
     let continueToken: string | undefined;
     let resourceVersion: string | undefined;
@@ -212,7 +214,7 @@ export class Cache<T extends Obj> {
       signal.addEventListener("abort", onAbort, { once: true });
       try {
         await this.api.watch<T>(
-          collectionPath(this.options.type),
+          collectionPath(this.options.type, this.options.namespace),
           {
             labelSelector: this.options.labelSelector,
             fieldSelector: this.options.fieldSelector,

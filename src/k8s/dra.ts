@@ -1,5 +1,6 @@
 import type * as k8s from "@kubernetes/client-node";
 import { Api, ApiError } from "./api.js";
+import { sleep } from "./cache.js";
 import type { ResourceType } from "./resources.js";
 
 /** The DRA driver name under which Spindle publishes every device. */
@@ -50,14 +51,23 @@ export function placementFromClasses(classes: readonly DeviceClassObj[]): Placem
   return classes.some((c) => c.spec?.extendedResourceName) ? "dra" : "node-resources";
 }
 
-/** Whether the apiserver serves resource.k8s.io/v1 ResourceSlices and DeviceClasses (Kubernetes >= 1.34). */
-export async function draServed(kc: k8s.KubeConfig): Promise<boolean> {
-  try {
-    const list = await Api.for(kc).request<{ resources?: { name: string }[] }>("GET", "/apis/resource.k8s.io/v1");
-    const names = new Set((list.resources ?? []).map((r) => r.name));
-    return names.has("resourceslices") && names.has("deviceclasses");
-  } catch (err) {
-    if (err instanceof ApiError && err.code === 404) return false;
-    throw err;
+/**
+ * Whether the apiserver serves resource.k8s.io/v1 ResourceSlices and DeviceClasses (Kubernetes
+ * >= 1.34). A failed request is retried (a 404 is the answer "no"), never taken as "no DRA";
+ * undefined when `signal` aborted first.
+ */
+export async function draServed(kc: k8s.KubeConfig, signal?: AbortSignal): Promise<boolean | undefined> {
+  for (let attempt = 0; !signal?.aborted; attempt++) {
+    try {
+      const list = await Api.for(kc).request<{ resources?: { name: string }[] }>("GET", "/apis/resource.k8s.io/v1", {
+        signal,
+      });
+      const names = new Set((list.resources ?? []).map((r) => r.name));
+      return names.has("resourceslices") && names.has("deviceclasses");
+    } catch (err) {
+      if (err instanceof ApiError && err.code === 404) return false;
+      await sleep(Math.min(5000, 200 * 2 ** attempt) * (0.5 + Math.random()), signal);
+    }
   }
+  return undefined;
 }

@@ -3,7 +3,9 @@ import { Api } from "../k8s/api.js";
 
 /** Spindle's Prometheus metrics: one registry per process, served at /metrics. */
 export const registry = new Registry();
-collectDefaultMetrics({ register: registry, prefix: "spindle_process_" });
+// The event-loop delay histogram samples every 10 ms by default: 100 wake-ups a second cost an
+// idle agent about 0.45 % of a core (measured). 100 ms is plenty for a lag metric.
+collectDefaultMetrics({ register: registry, prefix: "spindle_process_", eventLoopMonitoringPrecision: 100 });
 
 export const apiWrites = new Counter({
   name: "spindle_api_writes_total",

@@ -1,20 +1,20 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { cp, mkdir, readFile, rename, rm } from "node:fs/promises";
+import { cp, mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
 import { homedir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { acquireLock } from "./build-lock.js";
+import { acquireLock, alive } from "./build-lock.js";
 import { BuildProgress, formatDuration } from "./build-progress.js";
 
 const run = promisify(execFile);
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const TOOLS_DIR = join(REPO, "tools");
-const MIN_GO = [1, 24] as const;
+const MIN_GO = [1, 26] as const;
 
 export type ModuleName = "kubernetes" | "kwok" | "helm" | "spin-operator";
 
@@ -25,7 +25,12 @@ interface ToolModule {
   binaries: Record<string, string>;
   ldflags?: string;
   /** Files copied from a dependency's module directory into the cache beside the binaries. */
-  copyFrom?: { module: string; paths: string[] };
+  copyFrom?: {
+    module: string;
+    paths: string[];
+    /** A folder the listed files go into (by their base names), named in Binaries as `key`; default: the CRD folder. */
+    into?: { dir: string; key: "kwokStages" };
+  };
   /** A cold build measured on 2 cores (empty Go caches), for the estimate users see. */
   coldSeconds: number;
 }
@@ -48,7 +53,23 @@ export const TOOL_MODULES: ToolModule[] = [
     ldflags: k8sLdflags,
     coldSeconds: 470,
   },
-  { module: "kwok", binaries: { kwok: "sigs.k8s.io/kwok/cmd/kwok" }, coldSeconds: 130 },
+  {
+    module: "kwok",
+    binaries: { kwok: "sigs.k8s.io/kwok/cmd/kwok" },
+    // KWOK 0.8 has no built-in stages: the sandbox passes these (its own defaults before 0.8).
+    copyFrom: {
+      module: "sigs.k8s.io/kwok",
+      paths: [
+        "kustomize/stage/node/fast/node-initialize.yaml",
+        "kustomize/stage/node/heartbeat/node-heartbeat.yaml",
+        "kustomize/stage/pod/fast/pod-ready.yaml",
+        "kustomize/stage/pod/fast/pod-complete.yaml",
+        "kustomize/stage/pod/fast/pod-delete.yaml",
+      ],
+      into: { dir: "stages", key: "kwokStages" },
+    },
+    coldSeconds: 130,
+  },
   { module: "helm", binaries: { helm: "helm.sh/helm/v3/cmd/helm" }, coldSeconds: 125 },
   {
     module: "spin-operator",
@@ -73,7 +94,7 @@ export const CONTROL_PLANE_MODULES: readonly ModuleName[] = ["kubernetes", "kwok
 const COMPILE_SLOTS = Math.max(1, Number.parseInt(process.env.SPINDLE_BUILD_PARALLEL_MODULES ?? "1", 10) || 1);
 
 /** Paths of the binaries of the modules asked for; `spinOperatorCrds` when spin-operator was. */
-export type Binaries = Record<string, string> & { spinOperatorCrds?: string };
+export type Binaries = Record<string, string> & { spinOperatorCrds?: string; kwokStages?: string };
 
 export interface EnsureOptions {
   /** Build only these modules' binaries (default: all). */
@@ -167,7 +188,8 @@ export async function ensureBinaries(
     const dir = await moduleCacheDir(tool);
     if (!complete(tool, dir)) missing.push({ tool, dir });
     for (const b of Object.keys(tool.binaries)) paths[b] = join(dir, b);
-    if (tool.copyFrom) paths.spinOperatorCrds = join(dir, "crds");
+    if (tool.copyFrom?.into) paths[tool.copyFrom.into.key] = join(dir, tool.copyFrom.into.dir);
+    else if (tool.copyFrom) paths.spinOperatorCrds = join(dir, "crds");
   }
   if (missing.length === 0) return paths;
 
@@ -226,7 +248,10 @@ export async function ensureBinaries(
 }
 
 function complete(tool: ToolModule, dir: string): boolean {
-  return Object.keys(tool.binaries).every((b) => existsSync(join(dir, b)));
+  return (
+    Object.keys(tool.binaries).every((b) => existsSync(join(dir, b))) &&
+    (!tool.copyFrom?.into || existsSync(join(dir, tool.copyFrom.into.dir)))
+  );
 }
 
 /** Downloads what `tool`'s binaries import and returns how many packages that is. */
@@ -257,6 +282,13 @@ async function buildModule(
 ): Promise<void> {
   const cwd = join(TOOLS_DIR, tool.module);
   const staging = `${dir}.partial-${process.pid}`;
+  // Staging folders of builds that were killed (their process is gone) are litter.
+  for (const f of await readdir(dirname(dir))) {
+    const pid = Number(f.slice(`${basename(dir)}.partial-`.length));
+    if (f.startsWith(`${basename(dir)}.partial-`) && Number.isInteger(pid) && pid > 0 && !alive(pid)) {
+      await rm(join(dirname(dir), f), { recursive: true, force: true });
+    }
+  }
   await rm(staging, { recursive: true, force: true });
   await mkdir(staging, { recursive: true });
   progress.phase(tool.module, "compiling", total);
@@ -280,7 +312,11 @@ async function buildModule(
     }
     if (tool.copyFrom) {
       const { stdout } = await run("go", ["list", "-m", "-f", "{{.Dir}}", tool.copyFrom.module], { cwd, env: goEnv() });
-      for (const p of tool.copyFrom.paths) await cp(join(stdout.trim(), p), join(staging, "crds"), { recursive: true });
+      const into = tool.copyFrom.into;
+      for (const p of tool.copyFrom.paths)
+        await cp(join(stdout.trim(), p), into ? join(staging, into.dir, basename(p)) : join(staging, "crds"), {
+          recursive: true,
+        });
     }
   } catch (err) {
     await rm(staging, { recursive: true, force: true });

@@ -15,6 +15,12 @@ export const SANDBOX_NODES = ["edge-1", "edge-2"];
 export const RUNTIME_CLASS = "wasmtime-spin-v2";
 export const EXECUTOR = "containerd-shim-spin";
 const FIELD_MANAGER = "spindle-sandbox";
+/**
+ * DRA as Spindle uses it: the extended-resource mapping (SpinApps ask for their device through
+ * plain `resources.limits`) and device taints. GA and on by default in 1.37; named so the
+ * sandbox says what it relies on, on every component that reads them.
+ */
+const DRA_FEATURE_GATES = "--feature-gates=DRAExtendedResource=true,DRADeviceTaints=true,DRADeviceTaintRules=true";
 
 export interface ControlPlaneOptions {
   nodes?: string[];
@@ -36,6 +42,7 @@ export class ControlPlane {
   private processes = new Map<Component, ManagedProcess>();
   private ports!: Record<"etcd" | "etcdPeer" | "apiserver" | "kcm" | "scheduler" | "kwok" | "spinOperator", number>;
   private token = randomBytes(24).toString("hex");
+  private kwokStageFiles: string[] = [];
 
   private constructor(
     readonly dir: string,
@@ -94,6 +101,8 @@ export class ControlPlane {
     await this.startEtcd();
     await this.startApiServer();
     await this.writeKubeconfig();
+    const stages = this.bin.kwokStages!;
+    this.kwokStageFiles = (await readdir(stages)).filter((f) => f.endsWith(".yaml")).map((f) => join(stages, f));
     this.startComponent("kube-controller-manager");
     this.startComponent("kube-scheduler");
     this.startComponent("kwok");
@@ -179,6 +188,8 @@ export class ControlPlane {
       `--service-account-signing-key-file=${join(pki, "sa.key")}`,
       "--endpoint-reconciler-type=none",
       "--profiling=false",
+      "--runtime-config=resource.k8s.io/v1=true",
+      DRA_FEATURE_GATES,
     ]);
     await this.waitAlive("kube-apiserver", () => this.apiserverReady(), 120_000);
   }
@@ -227,6 +238,7 @@ export class ControlPlane {
           `--service-account-private-key-file=${join(this.dir, "pki", "sa.key")}`,
           `--root-ca-file=${join(this.dir, "pki", "apiserver.crt")}`,
           "--controllers=*",
+          DRA_FEATURE_GATES,
         ];
       case "kube-scheduler":
         return [
@@ -234,10 +246,13 @@ export class ControlPlane {
           "--leader-elect=false",
           "--bind-address=127.0.0.1",
           `--secure-port=${this.ports.scheduler}`,
+          DRA_FEATURE_GATES,
         ];
       case "kwok":
         return [
           `--kubeconfig=${kc}`,
+          // Node and pod stages (KWOK 0.8 has none built in): nodes Ready, pods Running, deletes done.
+          ...this.kwokStageFiles.map((f) => `--config=${f}`),
           "--manage-all-nodes=true",
           "--cidr=10.244.0.1/16",
           "--node-ip=127.0.0.1",

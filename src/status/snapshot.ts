@@ -3,12 +3,21 @@ import type { Device } from "../api/device.js";
 import type { DeviceConfiguration } from "../api/device-configuration.js";
 import type { DeviceSpinApp } from "../api/device-spin-app.js";
 import { DSA_LABEL } from "../controller/spin-app-builder.js";
+import {
+  DEVICE_CLASSES,
+  type DeviceClassObj,
+  MANAGED_LABEL,
+  type Placement,
+  placementFromClasses,
+} from "../k8s/dra.js";
 import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, DEVICES, ResourceClient, SPIN_APPS } from "../k8s/resources.js";
 
 type Obj = k8s.KubernetesObject & Record<string, unknown>;
 
 /** What `spindle status` and the `spindle dev` view show: one consistent read of the cluster. */
 export interface Snapshot {
+  /** How SpinApps reach their devices' nodes: DRA (DeviceClasses map the extended resources) or node extended resources. */
+  placement: Placement;
   configurations: {
     name: string;
     handler: string;
@@ -46,8 +55,13 @@ export async function readSnapshot(kc: k8s.KubeConfig, eventLimit = 8): Promise<
     core.listPodForAllNamespaces({ labelSelector: "core.spinkube.dev/app-name" }),
     core.listEventForAllNamespaces({}),
   ]);
+  // A cluster without resource.k8s.io/v1 (or a reader without access to it) has node resources only.
+  const classes = await new ResourceClient<DeviceClassObj & Obj>(kc, DEVICE_CLASSES, "spindle-status")
+    .list(undefined, `${MANAGED_LABEL}=true`)
+    .catch(() => ({ items: [] }));
   const managed = spinApps.items.filter((s) => s.metadata?.labels?.[DSA_LABEL]);
   return {
+    placement: placementFromClasses(classes.items),
     configurations: configs.items
       .map((c) => ({
         name: c.metadata.name!,
@@ -115,6 +129,12 @@ export async function readSnapshot(kc: k8s.KubeConfig, eventLimit = 8): Promise<
 export function renderSnapshot(s: Snapshot, width = 120): string {
   const out: string[] = [];
   const cut = (text: string, n: number) => (text.length > n ? `${text.slice(0, n - 1)}…` : text);
+  out.push(
+    s.placement === "dra"
+      ? "PLACEMENT  dra: DeviceClasses map spindle.dev/<device> to the devices' ResourceSlices; the scheduler allocates"
+      : "PLACEMENT  node-resources: agents advertise spindle.dev/<device> as node extended resources",
+  );
+  out.push("");
   out.push("DEVICES");
   out.push(
     table(

@@ -8,6 +8,9 @@
  *   devices present: a device's entries renamed into the tree → its Device seen by a watch,
  *   and removed → the Device's DELETED event (offlineGraceSeconds 0). Goal: at 1,000 within 2×
  *   of 10.
+ * - usb_handler_plug_to_set_p50/p99, usb_handler_unplug_to_set_p50/p99: the same, for the handler
+ *   alone in this process (no apiserver): its share of the latency. BENCH_USB_HANDLER_ONLY=1
+ *   stops after these.
  * - agent_cpu_rest_usb: CPU of the agent (% of one core over 60 s) with 1,000 USB devices and
  *   the default 5 s poll; agent_cpu_rest_mqtt: the same with 1,100 MQTT (Home Assistant)
  *   devices. Goal: ≤ 1 %.
@@ -22,8 +25,11 @@ import { closeSync, openSync, readFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import * as k8s from "@kubernetes/client-node";
+import { pino } from "pino";
 import { MqttDeviceSimulator } from "../../discovery-handlers/mqtt/mock.js";
 import { startMosquitto } from "../../discovery-handlers/mqtt/mosquitto.js";
+import { usbDetails } from "../../discovery-handlers/usb/details.js";
+import { usbHandler } from "../../discovery-handlers/usb/handler.js";
 import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
 import { build } from "../../scripts/build.js";
 import { DEVICE_CONFIGURATIONS, ResourceClient } from "../../src/k8s/resources.js";
@@ -191,7 +197,57 @@ const backgroundPort = (i: number) => {
 };
 const MEASURED_PORT = "20-1";
 
+/**
+ * The handler alone, in this process: plug → a set with the device, unplug → a set without it,
+ * with `size` devices present. No apiserver, so this is the handler's share of the latency.
+ */
+async function handlerLatency(size: number): Promise<void> {
+  const tree = await UsbFixture.create();
+  const abort = new AbortController();
+  let latest: Set<string> = new Set();
+  const silent = pino({ level: "silent" });
+  try {
+    for (let i = 0; i < size; i++) {
+      await tree.plug({ port: backgroundPort(i), vendorId: "0403", productId: "6001", serial: `BG${i}` });
+    }
+    const details = usbDetails.parse({ sysfsRoot: tree.sysfsRoot });
+    const done = (async () => {
+      for await (const set of usbHandler.discover({ details, properties: {}, signal: abort.signal, log: silent })) {
+        latest = new Set(set.map((d) => d.properties.USB_SERIAL ?? ""));
+      }
+    })();
+    await until("the first set", () => latest.size >= size);
+    const plugged: number[] = [];
+    const gone: number[] = [];
+    for (let k = 0; k < SAMPLES; k++) {
+      const serial = `H${k}`;
+      let t0 = performance.now();
+      await tree.plug({ port: MEASURED_PORT, vendorId: "2341", productId: "0043", serial });
+      await until(serial, () => latest.has(serial));
+      plugged.push(performance.now() - t0);
+      await sleep(50);
+      t0 = performance.now();
+      await tree.unplug(MEASURED_PORT);
+      await until(`${serial} gone`, () => !latest.has(serial));
+      gone.push(performance.now() - t0);
+      await sleep(50);
+    }
+    report("usb_handler_plug_to_set_p50", percentile(plugged, 50), "ms", { devices: size, n: SAMPLES });
+    report("usb_handler_plug_to_set_p99", percentile(plugged, 99), "ms", { devices: size, n: SAMPLES });
+    report("usb_handler_unplug_to_set_p50", percentile(gone, 50), "ms", { devices: size, n: SAMPLES });
+    report("usb_handler_unplug_to_set_p99", percentile(gone, 99), "ms", { devices: size, n: SAMPLES });
+    abort.abort();
+    await done;
+  } finally {
+    abort.abort();
+    await tree.dispose();
+  }
+}
+
 async function main(): Promise<void> {
+  // 0. The handler's own share, before any process of the sandbox competes for the cores.
+  for (const size of SIZES) await handlerLatency(size);
+  if (process.env.BENCH_USB_HANDLER_ONLY) return;
   let bundle = process.env.BENCH_USB_AGENT;
   if (!bundle) {
     await build(SCRATCH_DIST);

@@ -396,12 +396,22 @@ describe("Helm chart charts/spindle: lint, render, server-side dry run", () => {
         apiGroups: [""],
         resources: ["secrets"],
         resourceNames: ["onvif-credentials", "mqtt-credentials"],
-        verbs: ["get"],
+        verbs: ["get", "list", "watch"],
       },
-      { apiGroups: [""], resources: ["configmaps"], resourceNames: ["mqtt-settings"], verbs: ["get"] },
+      {
+        apiGroups: [""],
+        resources: ["configmaps"],
+        resourceNames: ["mqtt-settings"],
+        verbs: ["get", "list", "watch"],
+      },
     ]);
     expect(refRoles.find((r) => r.metadata.namespace === "default")!.rules).toEqual([
-      { apiGroups: [""], resources: ["secrets"], resourceNames: ["shared-credentials"], verbs: ["get"] },
+      {
+        apiGroups: [""],
+        resources: ["secrets"],
+        resourceNames: ["shared-credentials"],
+        verbs: ["get", "list", "watch"],
+      },
     ]);
     const leaseRole = only(objects, "Role", "edge-spindle-controller-leader-election");
     expect(leaseRole.rules).toContainEqual({
@@ -461,7 +471,8 @@ describe("Helm chart charts/spindle: lint, render, server-side dry run", () => {
             owner,
           ).toEqual([]);
           if (r.resources?.some((x) => x === "secrets" || x === "configmaps")) {
-            expect(r.verbs, owner).toEqual(["get"]);
+            // list and watch only field-selected to a listed name: resourceNames restricts them.
+            expect(r.verbs, owner).toEqual(["get", "list", "watch"]);
             expect(r.resourceNames?.length, `${owner}: secrets only by name`).toBeGreaterThan(0);
           }
         }
@@ -611,6 +622,8 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
     usb = await UsbFixture.create();
     const { objects } = await helmTemplate(release, ns.name, {
       logLevel: "debug",
+      // This suite checks the node-resource path's RBAC; DRA's is in test/e2e/dra.test.ts.
+      placement: "node-resources",
       agent: {
         handlers: ["usb"],
         secretRefs: [{ namespace: ns.name, name: "usb-token" }],

@@ -237,7 +237,7 @@ describe("onvif over loopback multicast: fake cameras on 127.0.0.x, a real agent
     }
   });
 
-  it("publishes what it knows about a camera that refuses the credentials from the Secret, with a DeviceIncomplete Event, and leaks the password nowhere", async () => {
+  it("publishes what it knows about a camera that refuses the credentials from the Secret, with a DeviceIncomplete Event, reads it with a rotated password without a restart, and leaks the password nowhere", async () => {
     const ns = await testNamespace("onvif-creds");
     try {
       const wrong = `wrong-${randomBytes(8).toString("hex")}`;
@@ -281,6 +281,32 @@ describe("onvif over loopback multicast: fake cameras on 127.0.0.x, a real agent
       expect(event.message).toContain(device!.metadata.name);
       expect(event.message).toMatch(/not authori[sz]ed/i);
       expect(agent.log()).toMatch(/not fully read/);
+
+      // Rotated to the right password: the same agent process reads the camera with it within
+      // seconds (the Secret is watched; only this discovery restarts), never logging it.
+      const pid = agent.pid;
+      const rotatedAt = Date.now();
+      await core.patchNamespacedSecret(
+        { name: "camera-credentials", namespace: ns.name, body: { stringData: { password: right } } },
+        k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+      );
+      const read = await eventually(
+        "the camera read with the rotated password",
+        async () => {
+          const [d] = await devicesOf("onvif-auth");
+          return d?.spec.properties.ONVIF_STREAM_URI ? d : undefined;
+        },
+        15_000,
+      );
+      expect(read.spec.properties).toMatchObject({
+        ONVIF_STREAM_URI: cam.streamUri("profile_1"),
+        ONVIF_MANUFACTURER: expect.any(String),
+      });
+      expect(read.metadata.uid, "the same Device, updated").toBe(device!.metadata.uid);
+      expect(agent.pid, "no agent restart").toBe(pid);
+      expect(agent.running).toBe(true);
+      expect(Date.now() - rotatedAt).toBeLessThan(15_000);
+      expect(agent.log()).toMatch(/referenced Secret or ConfigMap changed; restarting discovery/);
 
       const everything = [
         JSON.stringify((await devices.list()).items),

@@ -20,7 +20,15 @@ export class SpindleProcess {
   ) {
     const out = createWriteStream(logFile, { flags: "a" });
     this.child = spawn(process.execPath, [BIN, ...args], {
-      env: { ...process.env, KUBECONFIG: inject("kubeconfig"), LOG_LEVEL: "debug", ...env },
+      // The fallback placement unless a test asks for another (test/e2e/dra.test.ts runs auto):
+      // the suites written for node extended resources keep testing exactly that path.
+      env: {
+        ...process.env,
+        KUBECONFIG: inject("kubeconfig"),
+        LOG_LEVEL: "debug",
+        SPINDLE_PLACEMENT: "node-resources",
+        ...env,
+      },
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.child.stdout?.pipe(out);
@@ -51,6 +59,11 @@ export class SpindleProcess {
       .split("\n")
       .filter((l) => l.startsWith("{"))
       .map((l) => JSON.parse(l) as Record<string, unknown>);
+  }
+
+  /** Still running: neither exited nor killed by a signal. */
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
   }
 
   /** Resolves once the process has exited, with its exit code, or the signal that ended it. */
