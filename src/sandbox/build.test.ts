@@ -23,6 +23,8 @@ async function fakeBuilt(module: string): Promise<string> {
   const dir = await moduleCacheDir(tool);
   await mkdir(dir, { recursive: true });
   for (const b of Object.keys(tool.binaries)) await writeFile(join(dir, b), "");
+  // What a build copies out of the module (kwok's stages) is part of a complete build.
+  if (tool.copyFrom?.into) await mkdir(join(dir, tool.copyFrom.into.dir), { recursive: true });
   return dir;
 }
 
@@ -39,6 +41,7 @@ describe("ensureBinaries", () => {
         "kube-scheduler",
         "kubectl",
         "kwok",
+        "kwokStages",
         "spin-operator",
         "spinOperatorCrds",
       ].sort(),
