@@ -38,6 +38,18 @@ interface Manifest {
 
 const devicePath = (name: string) => objectPath(DEVICES, name);
 const nodeStatusPath = (node: string) => `/api/v1/nodes/${node}/status`;
+const slicePath = (name: string) => `/apis/resource.k8s.io/v1/resourceslices/${name}`;
+const sliceBody = (name: string, node: string) => ({
+  apiVersion: "resource.k8s.io/v1",
+  kind: "ResourceSlice",
+  metadata: { name },
+  spec: {
+    driver: "spindle.dev",
+    nodeName: node,
+    pool: { name: `nodes/${node}/node-scoped`, generation: 1, resourceSliceCount: 1 },
+    devices: [{ name: "d-0", attributes: { "spindle.dev/slot": { int: 0 } } }],
+  },
+});
 const manager = (node: string) => `spindle-agent-${node}`;
 
 /** The Device an agent of `node` applies (src/agent/device-publisher.ts desiredDevice). */
@@ -259,6 +271,15 @@ describe("node restriction: the agent of a node writes only what is its node's (
       await edge1.call("POST", "/api/v1/namespaces/default/events", eventBody("edge-1")),
       "edge-1 records an Event",
     );
+    // A ResourceSlice of its own node's pool (DRA placement), then gone again.
+    expectAllowed(
+      await edge1.apply(slicePath(`${release}-edge-1`), sliceBody(`${release}-edge-1`, "edge-1"), manager("edge-1")),
+      "edge-1 publishes a ResourceSlice for its node",
+    );
+    expectAllowed(
+      await edge1.call("DELETE", slicePath(`${release}-edge-1`), { kind: "DeleteOptions", apiVersion: "v1" }),
+      "edge-1 deletes its ResourceSlice",
+    );
     // The last node deletes, with the agent's preconditions.
     const current = await devices.get(local1);
     expectAllowed(
@@ -440,6 +461,11 @@ describe("node restriction: the agent of a node writes only what is its node's (
         "node-status-only",
         "its own Node object patched",
         () => merge(edge1, "/api/v1/nodes/edge-1", { spec: { unschedulable: true } }),
+      ],
+      [
+        "own-resource-slices",
+        "a ResourceSlice for edge-2's pool",
+        () => edge1.apply(slicePath(`${release}-edge-2`), sliceBody(`${release}-edge-2`, "edge-2"), manager("edge-1")),
       ],
       [
         "event-source",
