@@ -27,17 +27,16 @@ import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as k8s from "@kubernetes/client-node";
-import { inject } from "vitest";
 import { UsbFixture } from "../discovery-handlers/usb/mock.js";
 import type { Device } from "../src/api/device.js";
 import { type ObservedSpinApp, plan, type RawObject, type Snapshot } from "../src/controller/plan.js";
 import { DEVICE_LABEL, DSA_LABEL } from "../src/controller/spin-app-builder.js";
 import { statusCode } from "../src/k8s/client.js";
 import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, DEVICES, ResourceClient, SPIN_APPS } from "../src/k8s/resources.js";
-import { EXECUTOR, SANDBOX_NODES } from "../src/sandbox/control-plane.js";
-import { kubeConfig, testNamespace } from "./e2e/cluster.js";
+import { EXECUTOR, SANDBOX_NODES, sandboxNode } from "../src/sandbox/control-plane.js";
+import { kubeConfig, sandboxFaultProxy, testNamespace } from "./e2e/cluster.js";
 import { SpindleProcess } from "./e2e/spindle-process.js";
-import { type FaultCounts, type FaultPlan, FaultProxy } from "./fault-proxy.js";
+import type { FaultCounts, FaultPlan, FaultProxy } from "./fault-proxy.js";
 
 type Obj = k8s.KubernetesObject & Record<string, unknown>;
 type DeviceObj = Device & Obj;
@@ -143,35 +142,6 @@ function weighted<T extends { weight: number }>(candidates: readonly T[], roll: 
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** The Node object the sandbox creates (src/sandbox/control-plane.ts createNodes). */
-export function sandboxNode(name: string): k8s.V1Node {
-  return {
-    apiVersion: "v1",
-    kind: "Node",
-    metadata: {
-      name,
-      labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", type: "kwok" },
-      annotations: { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
-    },
-    status: {
-      allocatable: { cpu: "32", memory: "256Gi", pods: "110" },
-      capacity: { cpu: "32", memory: "256Gi", pods: "110" },
-      nodeInfo: {
-        architecture: "amd64",
-        bootID: "",
-        containerRuntimeVersion: "kwok",
-        kernelVersion: "",
-        kubeProxyVersion: "",
-        kubeletVersion: "kwok",
-        machineID: "",
-        operatingSystem: "linux",
-        osImage: "",
-        systemUUID: "",
-      },
-    },
-  };
-}
 
 interface Plugged {
   fixture: number;
@@ -725,17 +695,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     );
     for (let i = 0; i < fixtures.length; i++) await applyConfig(i);
 
-    const dir = inject("sandboxDir");
-    proxy = await FaultProxy.start({
-      upstream: kc.getCurrentCluster()!.server,
-      caFile: join(dir, "pki", "apiserver.crt"),
-      certFile: join(dir, "pki", "apiserver.crt"),
-      keyFile: join(dir, "pki", "apiserver.key"),
-      seed,
-      plan: CHAOS_PLAN,
-    });
-    proxyKubeconfig = join(workDir, "kubeconfig");
-    await proxy.writeKubeconfig(proxyKubeconfig, kc.getCurrentUser()!.token!);
+    const link = await sandboxFaultProxy(seed, CHAOS_PLAN);
+    proxy = link.proxy;
+    proxyKubeconfig = link.kubeconfig;
 
     const agents: SpindleProcess[] = [];
     for (const node of SANDBOX_NODES) {

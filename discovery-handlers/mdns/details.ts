@@ -1,25 +1,9 @@
 import { z } from "zod";
 import { filterList } from "../filter.js";
+import { nodeInterfaces, withNodeInterface } from "../node-interfaces.js";
 
 // "_http._tcp", "_http", or "http"; a protocol suffix overrides `protocol` for that type.
 const SERVICE_TYPE = /^_?([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\._(tcp|udp))?$/;
-
-/** A Kubernetes node name (DNS subdomain). */
-const NODE_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
-
-/**
- * `interface` per node, keyed by node name: multi-NIC edge nodes reach the services through
- * different interfaces. The handler does not know its node; the agent calls `forNode` before
- * discovery starts, so each node runs with its own entry (or `interface` when it has none).
- */
-const nodeInterfaces = z
-  .record(z.string().max(253).regex(NODE_NAME, "expected a node name"), z.ipv4())
-  .refine((map) => Object.keys(map).length <= 1024, "at most 1024 nodes")
-  .optional()
-  .meta({
-    description:
-      "Per-node multicast interface: node name -> IPv4 address of that node's interface; nodes not listed use `interface`.",
-  });
 
 export const mdnsDetails = z.strictObject({
   serviceTypes: z
@@ -43,8 +27,7 @@ export type MdnsDetails = z.infer<typeof mdnsDetails>;
 
 /** The details as the agent on `nodeName` runs them: its `nodeInterfaces` entry becomes `interface`. */
 export function mdnsDetailsForNode(details: MdnsDetails, nodeName: string): MdnsDetails {
-  const own = details.nodeInterfaces && Object.hasOwn(details.nodeInterfaces, nodeName);
-  return own ? { ...details, interface: details.nodeInterfaces?.[nodeName] } : details;
+  return withNodeInterface(details, nodeName);
 }
 
 export interface ServiceType {

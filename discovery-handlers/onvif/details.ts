@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { filterList } from "../filter.js";
+import { nodeInterfaces, withNodeInterface } from "../node-interfaces.js";
 
 /**
  * discoveryDetails of an `onvif` DeviceConfiguration. The filter fields and
@@ -19,23 +20,6 @@ export const DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024;
 
 /** `host` or `host:port` (IPv4 address or DNS name: WS-Discovery here is IPv4). */
 const HOST_PORT = /^[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?$/;
-
-/** A Kubernetes node name (DNS subdomain). */
-const NODE_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
-
-/**
- * `interface` per node, keyed by node name: multi-NIC edge nodes reach the cameras through
- * different interfaces. The handler does not know its node; the agent calls `forNode` before
- * discovery starts, so each node runs with its own entry (or `interface` when it has none).
- */
-const nodeInterfaces = z
-  .record(z.string().max(253).regex(NODE_NAME, "expected a node name"), z.ipv4())
-  .refine((map) => Object.keys(map).length <= 1024, "at most 1024 nodes")
-  .optional()
-  .meta({
-    description:
-      "Per-node multicast interface: node name -> IPv4 address of that node's interface; nodes not listed use `interface`.",
-  });
 
 export const onvifDetails = z.strictObject({
   ipAddresses: filterList.optional().meta({ description: "Camera IPv4 addresses (from the device service URL)." }),
@@ -82,6 +66,5 @@ export type OnvifDetails = z.infer<typeof onvifDetails>;
 
 /** The details as the agent on `nodeName` runs them: its `nodeInterfaces` entry becomes `interface`. */
 export function onvifDetailsForNode(details: OnvifDetails, nodeName: string): OnvifDetails {
-  const own = details.nodeInterfaces && Object.hasOwn(details.nodeInterfaces, nodeName);
-  return own ? { ...details, interface: details.nodeInterfaces?.[nodeName] } : details;
+  return withNodeInterface(details, nodeName);
 }

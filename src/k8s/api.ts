@@ -30,6 +30,20 @@ export interface RequestInit {
   timeoutMs?: number;
 }
 
+/**
+ * Counts the connections an agent opens in `Api.opened` (and `also`): an agent calls
+ * createConnection only for a new socket.
+ */
+export function countConnections(agent: Agent, also?: () => void): Agent {
+  const create = agent.createConnection.bind(agent);
+  agent.createConnection = ((...args: Parameters<typeof create>) => {
+    Api.opened++;
+    also?.();
+    return create(...args);
+  }) as typeof create;
+  return agent;
+}
+
 /** With the Lease's own connection, at most 10 TLS connections per process. */
 const MAX_SOCKETS = 9;
 
@@ -82,13 +96,7 @@ export class Api {
         servername: opts.servername,
         ...(opts.rejectUnauthorized !== undefined ? { rejectUnauthorized: opts.rejectUnauthorized } : {}),
       });
-      const create = this.agent.createConnection.bind(this.agent);
-      // Count real connections: the agent calls createConnection only for a new socket.
-      this.agent.createConnection = ((...args: Parameters<typeof create>) => {
-        this.connections++;
-        Api.opened++;
-        return create(...args);
-      }) as typeof create;
+      countConnections(this.agent, () => this.connections++);
     }
     const query = Object.entries(init.query ?? {})
       .filter(([, v]) => v !== undefined && v !== "")

@@ -3,7 +3,7 @@ import { Agent, type RequestOptions as HttpsRequestOptions, request as httpsRequ
 import { performance } from "node:perf_hooks";
 import type * as k8s from "@kubernetes/client-node";
 import type { Logger } from "../log/logger.js";
-import { Api } from "./api.js";
+import { countConnections } from "./api.js";
 import { statusCode } from "./client.js";
 
 export interface LeaderElectionOptions {
@@ -157,15 +157,6 @@ export class HttpError extends Error {
   ) {
     super(message);
   }
-}
-
-function countConnections(agent: Agent): Agent {
-  const create = agent.createConnection.bind(agent);
-  agent.createConnection = ((...args: Parameters<typeof create>) => {
-    Api.opened++;
-    return create(...args);
-  }) as typeof create;
-  return agent;
 }
 
 /**

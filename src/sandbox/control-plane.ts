@@ -312,31 +312,7 @@ export class ControlPlane {
   private async createNodes(): Promise<void> {
     const core = this.kubeConfig().makeApiClient(k8s.CoreV1Api);
     for (const name of this.nodes) {
-      const node: k8s.V1Node = {
-        apiVersion: "v1",
-        kind: "Node",
-        metadata: {
-          name,
-          labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", type: "kwok" },
-          annotations: { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
-        },
-        status: {
-          allocatable: { cpu: "32", memory: "256Gi", pods: "110" },
-          capacity: { cpu: "32", memory: "256Gi", pods: "110" },
-          nodeInfo: {
-            architecture: "amd64",
-            bootID: "",
-            containerRuntimeVersion: "kwok",
-            kernelVersion: "",
-            kubeProxyVersion: "",
-            kubeletVersion: "kwok",
-            machineID: "",
-            operatingSystem: "linux",
-            osImage: "",
-            systemUUID: "",
-          },
-        },
-      };
+      const node = sandboxNode(name);
       try {
         await core.createNode({ body: node });
       } catch (err) {
@@ -454,4 +430,33 @@ export function spinAppExecutor(namespace: string): k8s.KubernetesObject {
     metadata: { name: EXECUTOR, namespace },
     spec: { createDeployment: true, deploymentConfig: { runtimeClassName: RUNTIME_CLASS } },
   } as k8s.KubernetesObject;
+}
+
+/** A KWOK-managed Node as the sandbox registers it (tests re-create one the same way). */
+export function sandboxNode(name: string): k8s.V1Node {
+  return {
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: {
+      name,
+      labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", type: "kwok" },
+      annotations: { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
+    },
+    status: {
+      allocatable: { cpu: "32", memory: "256Gi", pods: "110" },
+      capacity: { cpu: "32", memory: "256Gi", pods: "110" },
+      nodeInfo: {
+        architecture: "amd64",
+        bootID: "",
+        containerRuntimeVersion: "kwok",
+        kernelVersion: "",
+        kubeProxyVersion: "",
+        kubeletVersion: "kwok",
+        machineID: "",
+        operatingSystem: "linux",
+        osImage: "",
+        systemUUID: "",
+      },
+    },
+  };
 }

@@ -1,10 +1,14 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { inject } from "vitest";
 import { applyObject, loadKubeConfig } from "../../src/k8s/client.js";
 import { spinAppExecutor } from "../../src/sandbox/control-plane.js";
+import { type FaultPlan, FaultProxy } from "../fault-proxy.js";
 
 const run = promisify(execFile);
 
@@ -54,4 +58,27 @@ export async function eventually<T>(
   throw new Error(
     `timed out waiting for ${what}; last: ${last instanceof Error ? last.message : JSON.stringify(last)}`,
   );
+}
+
+/**
+ * A FaultProxy in front of the sandbox's apiserver (serving the apiserver's own certificate, so
+ * clients trust it unchanged) and a kubeconfig for it with the sandbox admin's token.
+ */
+export async function sandboxFaultProxy(
+  seed: number,
+  plan: Partial<FaultPlan> = {},
+): Promise<{ proxy: FaultProxy; kubeconfig: string }> {
+  const kc = kubeConfig();
+  const pki = join(inject("sandboxDir"), "pki");
+  const proxy = await FaultProxy.start({
+    upstream: kc.getCurrentCluster()!.server,
+    caFile: join(pki, "apiserver.crt"),
+    certFile: join(pki, "apiserver.crt"),
+    keyFile: join(pki, "apiserver.key"),
+    seed,
+    plan,
+  });
+  const kubeconfig = join(await mkdtemp(join(tmpdir(), "spindle-fault-proxy-")), "kubeconfig");
+  await proxy.writeKubeconfig(kubeconfig, kc.getCurrentUser()!.token!);
+  return { proxy, kubeconfig };
 }

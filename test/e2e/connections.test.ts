@@ -1,8 +1,5 @@
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type * as k8s from "@kubernetes/client-node";
-import { afterAll, describe, expect, inject, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { MqttDeviceSimulator } from "../../discovery-handlers/mqtt/mock.js";
 import { type MosquittoBroker, startMosquitto } from "../../discovery-handlers/mqtt/mosquitto.js";
 import type { Device } from "../../src/api/device.js";
@@ -14,8 +11,8 @@ import {
   SPIN_APPS,
 } from "../../src/k8s/resources.js";
 import { EXECUTOR } from "../../src/sandbox/control-plane.js";
-import { FaultProxy } from "../fault-proxy.js";
-import { eventually, kubeConfig, testNamespace } from "./cluster.js";
+import type { FaultProxy } from "../fault-proxy.js";
+import { eventually, kubeConfig, sandboxFaultProxy, testNamespace } from "./cluster.js";
 import { SpindleProcess } from "./spindle-process.js";
 
 type Obj = k8s.KubernetesObject & Record<string, unknown>;
@@ -39,18 +36,9 @@ describe("connections", () => {
   const configs = new ResourceClient<Obj>(kc, DEVICE_CONFIGURATIONS, "spindle-test");
 
   const proxied = async (seed: number) => {
-    const dir = inject("sandboxDir");
-    const proxy = await FaultProxy.start({
-      upstream: kc.getCurrentCluster()!.server,
-      caFile: join(dir, "pki", "apiserver.crt"),
-      certFile: join(dir, "pki", "apiserver.crt"),
-      keyFile: join(dir, "pki", "apiserver.key"),
-      seed,
-    });
-    proxies.push(proxy);
-    const kubeconfig = join(await mkdtemp(join(tmpdir(), "conn-proxy-")), "kubeconfig");
-    await proxy.writeKubeconfig(kubeconfig, kc.getCurrentUser()!.token!);
-    return { proxy, kubeconfig };
+    const link = await sandboxFaultProxy(seed);
+    proxies.push(link.proxy);
+    return link;
   };
 
   afterAll(async () => {

@@ -1,8 +1,5 @@
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import * as k8s from "@kubernetes/client-node";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
 import type { Device } from "../../src/api/device.js";
 import { errorMessage } from "../../src/k8s/client.js";
@@ -14,8 +11,7 @@ import {
   SPIN_APPS,
 } from "../../src/k8s/resources.js";
 import { EXECUTOR } from "../../src/sandbox/control-plane.js";
-import { FaultProxy } from "../fault-proxy.js";
-import { eventually, kubeConfig, testNamespace } from "./cluster.js";
+import { eventually, kubeConfig, sandboxFaultProxy, testNamespace } from "./cluster.js";
 import { SpindleProcess } from "./spindle-process.js";
 
 type Obj = k8s.KubernetesObject & Record<string, unknown>;
@@ -85,20 +81,7 @@ describe("reconcile core", () => {
     );
 
   /** A proxy to the apiserver that fails the first 3 lists of every collection, and a kubeconfig for it. */
-  const failingFirstLists = async (seed: number) => {
-    const dir = inject("sandboxDir");
-    const proxy = await FaultProxy.start({
-      upstream: kc.getCurrentCluster()!.server,
-      caFile: join(dir, "pki", "apiserver.crt"),
-      certFile: join(dir, "pki", "apiserver.crt"),
-      keyFile: join(dir, "pki", "apiserver.key"),
-      seed,
-      plan: { failFirstList: 3 },
-    });
-    const kubeconfig = join(await mkdtemp(join(tmpdir(), "rc-proxy-")), "kubeconfig");
-    await proxy.writeKubeconfig(kubeconfig, kc.getCurrentUser()!.token!);
-    return { proxy, kubeconfig };
-  };
+  const failingFirstLists = (seed: number) => sandboxFaultProxy(seed, { failFirstList: 3 });
 
   beforeAll(async () => {
     ns = await testNamespace("rc");
