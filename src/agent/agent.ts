@@ -89,6 +89,7 @@ export class Agent {
       placement: options.placement ?? "auto",
       devices: () => this.publisher.publishedDevices(),
       ready: () => this.publisher.isAdopted,
+      unreachable: (device) => this.publisher.isUnreachable(device),
       onPlacementChange: () => this.publisher.refreshNodeResources(),
       log: this.log,
     });

@@ -37,6 +37,9 @@ interface Observed {
   missingSince?: number;
 }
 
+/** The `raw` of a Device adopted after a restart, until its handler reports it. */
+const NOT_YET_REPORTED: Record<string, string> = Object.freeze({}) as Record<string, string>;
+
 type PublishedDevice = Device & k8s.KubernetesObject & Record<string, unknown>;
 
 /** How the agent's DRA side (agent/dra.ts) follows what this publisher publishes. */
@@ -167,7 +170,7 @@ export class DevicePublisher {
         shared: d.spec.shared,
         identity: d.spec.id,
         properties: this.ownProperties(d, configuration),
-        raw: {},
+        raw: NOT_YET_REPORTED,
         missingSince: now,
       });
       this.queue.add(name);
@@ -360,6 +363,16 @@ export class DevicePublisher {
     // Deleted, or our node missing: restore. A device only this node publishes is also restored
     // when edited; a shared one is not fought over with the other nodes that publish it.
     if (verb === "delete" || !obj.spec.nodes.includes(this.nodeName) || !o.shared) this.queue.add(name);
+  }
+
+  /**
+   * Reported by this process, then no longer: within its grace period. A Device adopted after a
+   * restart and not yet reported again is not counted (the handler's first set is on its way, and
+   * tainting it meanwhile would rewrite every slice at each restart).
+   */
+  isUnreachable(name: string): boolean {
+    const o = this.observed.get(name);
+    return o !== undefined && o.missingSince !== undefined && o.raw !== NOT_YET_REPORTED;
   }
 
   /** When a device no longer reported stops being published; undefined while it is reported. */

@@ -24,6 +24,8 @@ export interface AgentDraOptions {
   devices: () => readonly (Device & k8s.KubernetesObject)[];
   /** false until the publisher has adopted what it published before a restart. */
   ready: () => boolean;
+  /** A Device no longer reported, within its grace period. */
+  unreachable: (device: string) => boolean;
   /** The placement in use changed (the node extended resources must follow). */
   onPlacementChange: () => void;
   log: Logger;
@@ -90,6 +92,7 @@ export class AgentDra {
         devices: this.options.devices,
         enabled: () => this.mode() === "dra",
         ready: this.options.ready,
+        unreachable: this.options.unreachable,
       },
       log,
     );

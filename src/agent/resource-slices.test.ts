@@ -10,6 +10,7 @@ import {
   MAX_DEVICES_PER_SLICE,
   planSlices,
   type Slice,
+  UNREACHABLE_TAINT,
 } from "./resource-slices.js";
 
 type Dev = Device & k8s.KubernetesObject;
@@ -217,5 +218,33 @@ describe("planSlices", () => {
     const plan = planSlices(slices, mixed);
     expect(plan.apply).toHaveLength(2);
     expect(plan.apply.every((s) => s.spec.pool.generation === 8)).toBe(true);
+  });
+
+  it("taints every slot of a device in its grace period, and untaints it when it is back", () => {
+    const devices = [device("cams-a", { capacity: 2 }), device("cams-b")];
+    const scope = { kind: "node", nodeName: "edge-1" } as const;
+    const published = carryOut([], planSlices(desiredSlices(devices, scope, quiet), []));
+    const gone = (d: string) => d === "cams-a";
+    const plan = planSlices(desiredSlices(devices, scope, quiet, gone), published);
+    expect(plan.apply).toHaveLength(1);
+    const taints = plan.apply[0]!.spec.devices.map((d) => [d.name, d.taints]);
+    expect(taints).toEqual([
+      ["cams-a-0", [UNREACHABLE_TAINT]],
+      ["cams-a-1", [UNREACHABLE_TAINT]],
+      ["cams-b-0", undefined],
+    ]);
+    // The apiserver adds timeAdded: still the same taint, nothing to write.
+    const tainted = carryOut(published, plan).map((s) => ({
+      ...s,
+      spec: {
+        ...s.spec,
+        devices: s.spec.devices.map((d) =>
+          d.taints ? { ...d, taints: d.taints.map((t) => ({ ...t, timeAdded: "2026-12-02T19:00:00Z" })) } : d,
+        ),
+      },
+    }));
+    expect(planSlices(desiredSlices(devices, scope, quiet, gone), tainted)).toEqual({ apply: [], delete: [] });
+    const back = planSlices(desiredSlices(devices, scope, quiet), tainted);
+    expect(back.apply[0]!.spec.devices.every((d) => d.taints === undefined)).toBe(true);
   });
 });

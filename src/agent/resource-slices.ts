@@ -24,10 +24,25 @@ const HOSTNAME_LABEL = "kubernetes.io/hostname";
 
 export type AttributeValue = { string: string } | { int: number } | { bool: boolean };
 
+/** A DRA device taint (resource.k8s.io/v1); the apiserver sets `timeAdded`. */
+export interface DeviceTaint {
+  key: string;
+  value?: string;
+  effect: "NoSchedule" | "NoExecute" | "None";
+  timeAdded?: string;
+}
+
 export interface DraDevice {
   name: string;
   attributes: Record<string, AttributeValue>;
+  taints?: DeviceTaint[];
 }
+
+/**
+ * On a device no longer reported, during its grace period: no new pod is placed on it, while the
+ * pods that hold it keep running (NoSchedule, not NoExecute: the device may come back).
+ */
+export const UNREACHABLE_TAINT: DeviceTaint = { key: "spindle.dev/unreachable", effect: "NoSchedule" };
 
 export interface SliceSpec {
   driver: string;
@@ -129,6 +144,8 @@ export function desiredSlices(
   devices: readonly (Device & k8s.KubernetesObject)[],
   scope: SliceScope,
   warn: DropWarning,
+  /** Devices to taint (UNREACHABLE_TAINT) by Device name. */
+  unreachable: (device: string) => boolean = () => false,
 ): Slice[] {
   const publisher = publisherLabelValue(scope);
   const byConfig = new Map<string, (Device & k8s.KubernetesObject)[]>();
@@ -158,7 +175,10 @@ export function desiredSlices(
           continue;
         }
         seen.add(name);
-        group.devices.push({ name, attributes: draAttributes(d, slot, warn) });
+        const attributes = draAttributes(d, slot, warn);
+        group.devices.push(
+          unreachable(d.metadata!.name!) ? { name, attributes, taints: [UNREACHABLE_TAINT] } : { name, attributes },
+        );
       }
     }
     const chunks: { nodes: string[]; devices: DraDevice[] }[] = [];
@@ -211,7 +231,11 @@ function content(s: Slice): string {
     s.spec.pool.resourceSliceCount,
     s.spec.nodeName ?? null,
     s.spec.nodeSelector ?? null,
-    s.spec.devices.map((d) => [d.name, Object.entries(d.attributes).sort(([a], [b]) => cmp(a, b))]),
+    s.spec.devices.map((d) => [
+      d.name,
+      Object.entries(d.attributes).sort(([a], [b]) => cmp(a, b)),
+      (d.taints ?? []).map((t) => [t.key, t.value ?? "", t.effect]),
+    ]),
     (s.metadata.ownerReferences ?? []).map((o) => o.uid),
   ]);
 }
@@ -255,6 +279,10 @@ export function planSlices(desired: readonly Slice[], observed: readonly Slice[]
   return plan;
 }
 
+function taintCount(s: Slice): number {
+  return (s.spec.devices ?? []).reduce((n, d) => n + (d.taints?.length ?? 0), 0);
+}
+
 /** What a publisher keeps of a slice: what planSlices compares. */
 function projectSlice(s: Slice): Slice {
   return {
@@ -272,7 +300,11 @@ function projectSlice(s: Slice): Slice {
       pool: s.spec.pool,
       ...(s.spec.nodeName ? { nodeName: s.spec.nodeName } : {}),
       ...(s.spec.nodeSelector ? { nodeSelector: s.spec.nodeSelector } : {}),
-      devices: (s.spec.devices ?? []).map((d) => ({ name: d.name, attributes: d.attributes ?? {} })),
+      devices: (s.spec.devices ?? []).map((d) =>
+        d.taints?.length
+          ? { name: d.name, attributes: d.attributes ?? {}, taints: d.taints }
+          : { name: d.name, attributes: d.attributes ?? {} },
+      ),
     },
   };
 }
@@ -288,6 +320,8 @@ export interface SlicePublisherOptions {
   ready?: () => boolean;
   /** Fences writes (the controller's Lease). */
   signal?: AbortSignal;
+  /** Devices no longer reported but within their grace period: tainted where the cluster has device taints. */
+  unreachable?: (device: string) => boolean;
 }
 
 /**
@@ -302,6 +336,8 @@ export class ResourceSlicePublisher {
   private queue: WorkQueue;
   private warned = new Set<string>();
   private started = false;
+  /** The apiserver dropped a taint we sent: this cluster has no device taints (DRADeviceTaints off). */
+  private taintsDropped = false;
   writes = 0;
 
   constructor(
@@ -361,12 +397,21 @@ export class ResourceSlicePublisher {
 
   private async reconcile(): Promise<void> {
     if (!this.cache.synced || this.options.signal?.aborted || this.options.ready?.() === false) return;
-    const desired = this.options.enabled() ? desiredSlices(this.options.devices(), this.options.scope, this.warn) : [];
+    const unreachable = this.taintsDropped ? undefined : this.options.unreachable;
+    const desired = this.options.enabled()
+      ? desiredSlices(this.options.devices(), this.options.scope, this.warn, unreachable)
+      : [];
     const plan = planSlices(desired, this.cache.list());
     const write: WriteOptions = { signal: this.options.signal };
     for (const s of plan.apply) {
       const applied = await this.client.apply(s as Slice & Record<string, unknown>, true, write);
       this.cache.observeWrite(projectSlice(applied));
+      if (!this.taintsDropped && taintCount(s) > taintCount(applied)) {
+        // Comparing taints the apiserver drops would rewrite the pool forever.
+        this.taintsDropped = true;
+        this.log.info("this cluster drops DRA device taints (DRADeviceTaints off): devices in grace are not tainted");
+        this.sync();
+      }
       apiWrites.inc({ resource: "resourceslices", verb: "apply" });
       this.writes++;
     }

@@ -46,6 +46,7 @@ describe("DRA: devices as ResourceSlices, SpinApps placed by the scheduler", () 
   const classes = new ResourceClient<DeviceClassObj & Obj>(kc, DEVICE_CLASSES, "spindle-test");
   const processes: SpindleProcess[] = [];
   let usb: UsbFixture;
+  let usb2: UsbFixture;
   let broker: MosquittoBroker;
   let sim: MqttDeviceSimulator;
   let ns: Awaited<ReturnType<typeof testNamespace>>;
@@ -84,6 +85,7 @@ describe("DRA: devices as ResourceSlices, SpinApps placed by the scheduler", () 
   beforeAll(async () => {
     ns = await testNamespace("dra");
     usb = await UsbFixture.create();
+    usb2 = await UsbFixture.create();
     broker = await startMosquitto();
     sim = new MqttDeviceSimulator({ url: broker.url });
     const auto = ["--placement", "auto"];
@@ -114,10 +116,11 @@ describe("DRA: devices as ResourceSlices, SpinApps placed by the scheduler", () 
 
   afterAll(async () => {
     for (const p of processes) await p.stop();
-    for (const name of ["dra-usb", "dra-mqtt"]) await configs.delete(name).catch(() => undefined);
+    for (const name of ["dra-usb", "dra-mqtt", "dra-taint"]) await configs.delete(name).catch(() => undefined);
     await sim?.close();
     await broker?.stop();
     await usb?.dispose();
+    await usb2?.dispose();
     await ns?.remove();
   });
 
@@ -291,6 +294,66 @@ describe("DRA: devices as ResourceSlices, SpinApps placed by the scheduler", () 
     );
     expect(claimsAfter.items.map((c) => c.metadata.name)).toEqual(claimsBefore.items.map((c) => c.metadata.name));
     expect(claimsAfter.items.every((c) => c.status?.allocation)).toBe(true);
+  });
+
+  it("device gone: tainted NoSchedule during its grace period (no new pod placed on it), untainted when back", async () => {
+    await configs.apply({
+      apiVersion: "spindle.dev/v1alpha1",
+      kind: "DeviceConfiguration",
+      metadata: { name: "dra-taint" },
+      spec: {
+        discoveryHandler: { name: "usb", discoveryDetails: { sysfsRoot: usb2.sysfsRoot } },
+        capacity: 1,
+        offlineGraceSeconds: 60,
+      },
+    });
+    const port = { port: "4-1", vendorId: "10c4", productId: "ea60", serial: "TAINT1" };
+    await usb2.plug(port);
+    const [device] = await eventually("one Device", async () => {
+      const list = await devicesOf("dra-taint");
+      return list.length === 1 ? list : undefined;
+    });
+    const name = device!.metadata.name!;
+    await eventually("its untainted entry and DeviceClass", async () => {
+      const [e] = await entriesOf(name);
+      return e && !e.device.taints && (await classes.get(deviceClassName(name)).catch(() => undefined));
+    });
+    await usb2.unplug("4-1");
+    const [entry] = await eventually("the entry tainted", async () => {
+      const list = await entriesOf(name);
+      return list[0]?.device.taints?.length ? list : undefined;
+    });
+    expect(entry!.device.taints).toEqual([
+      expect.objectContaining({ key: "spindle.dev/unreachable", effect: "NoSchedule", timeAdded: expect.any(String) }),
+    ]);
+    // The Device itself stays for the grace period (its SpinApps keep running meanwhile).
+    expect((await devicesOf("dra-taint")).map((d) => d.metadata.name)).toEqual([name]);
+    await core.createNamespacedPod({
+      namespace: ns.name,
+      body: {
+        metadata: { name: "latecomer" },
+        spec: {
+          containers: [{ name: "c", image: "busybox", resources: { limits: { [`spindle.dev/${name}`]: "1" } } }],
+        },
+      },
+    });
+    const read = () => core.readNamespacedPod({ name: "latecomer", namespace: ns.name });
+    await eventually("the latecomer unschedulable", async () =>
+      (await read()).status?.conditions?.some((c) => c.type === "PodScheduled" && c.status === "False"),
+    );
+    expect((await read()).spec?.nodeName).toBeUndefined();
+    await usb2.plug(port);
+    await eventually("the taint gone", async () => {
+      const list = await entriesOf(name);
+      return list.length === 1 && !list[0]!.device.taints;
+    });
+    const running = await eventually("the latecomer Running on edge-1", async () => {
+      const p = await read();
+      return p.status?.phase === "Running" ? p : undefined;
+    });
+    expect(running.spec?.nodeName).toBe("edge-1");
+    await core.deleteNamespacedPod({ name: "latecomer", namespace: ns.name, gracePeriodSeconds: 0 });
+    await configs.delete("dra-taint");
   });
 
   it("device gone: its slice entry goes after the grace period, then its SpinApp", async () => {
