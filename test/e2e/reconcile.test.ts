@@ -185,7 +185,11 @@ describe("reconcile core", () => {
     await eventually("the valid spec to replace them", async () =>
       (await appsOf("reader")).every((s) => (s.spec as { image: string }).image === "ghcr.io/acme/reader:v2"),
     );
-    expect((await conditionOf("reader", "DevicesAvailable"))?.reason).toBe("DevicesBound");
+    // The status is written after the SpinApps: it follows within a reconcile.
+    await eventually(
+      "DevicesBound on the status",
+      async () => (await conditionOf("reader", "DevicesAvailable"))?.reason === "DevicesBound",
+    );
   });
 
   it("marks only the DeviceSpinApp whose SpinApp the apiserver refuses, and frees its slot", async () => {
