@@ -3,12 +3,53 @@ import { stringify } from "yaml";
 import { z } from "zod";
 import type { Logger } from "../../src/log/logger.js";
 import type { DiscoveredDevice, DiscoveryContext, DiscoveryHandler } from "../handler.js";
-import { CHANNEL_OPTIONS, type DiscoverRequest, type DiscoverResponse, grpcTarget, protocol } from "./protocol.js";
+import {
+  CHANNEL_OPTIONS,
+  type DiscoverRequest,
+  type DiscoverResponse,
+  grpcTarget,
+  MAX_MESSAGE_BYTES,
+  protocol,
+} from "./protocol.js";
 import type { HandlerRegistry, Registration } from "./registry.js";
-import { acceptDevices } from "./wire.js";
+import { acceptDevices, type RefusedResponse, readDiscoverResponse } from "./wire.js";
 
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10_000;
+/**
+ * A handler that has not sent its first list this long after Discover is logged as quiet. It is
+ * not an error (Akri's agent waits too, and a first scan may take minutes), so nothing is cut.
+ */
+export const FIRST_LIST_WARN_MS = 30_000;
+/**
+ * grpc-js waits without end for a peer that accepts the connection but never completes the
+ * HTTP/2 handshake (a socket that is not gRPC and says nothing): after this long it is taken
+ * as unreachable, like a refused connection.
+ */
+export const CONNECT_TIMEOUT_MS = 10_000;
+
+type DiscoverClient = grpc.Client & {
+  Discover(request: DiscoverRequest): grpc.ClientReadableStream<DiscoverResponse | RefusedResponse>;
+};
+let discoverClient:
+  | (new (
+      target: string,
+      c: grpc.ChannelCredentials,
+      o: grpc.ChannelOptions,
+    ) => DiscoverClient)
+  | undefined;
+
+/** The v0 DiscoveryHandler client, with responses counted from their bytes before they are decoded. */
+function discoverClientClass() {
+  if (discoverClient) return discoverClient;
+  const discover = protocol().DiscoveryHandler.service.Discover!;
+  const decode = discover.responseDeserialize as (bytes: Buffer) => DiscoverResponse;
+  discoverClient = grpc.makeGenericClientConstructor(
+    { Discover: { ...discover, responseDeserialize: (bytes: Buffer) => readDiscoverResponse(bytes, decode) } },
+    "v0.DiscoveryHandler",
+  ) as unknown as typeof discoverClient;
+  return discoverClient!;
+}
 
 /** The agent cannot know an external handler's details schema: any object goes, the handler judges it. */
 const anyDetails = z.record(z.string(), z.unknown());
@@ -155,9 +196,10 @@ class DiscoveryRun {
 
 /** The Discover stream to one endpoint, for one run. */
 class EndpointStream {
-  private client: grpc.Client | undefined;
-  private call: grpc.ClientReadableStream<DiscoverResponse> | undefined;
+  private client: DiscoverClient | undefined;
+  private call: grpc.ClientReadableStream<DiscoverResponse | RefusedResponse> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private quietTimer: NodeJS.Timeout | undefined;
   private failures = 0;
   private stopped = false;
   private lastProblems = "";
@@ -172,23 +214,39 @@ class EndpointStream {
 
   start(): void {
     if (this.stopped) return;
-    const { DiscoveryHandler } = protocol();
-    this.client ??= new DiscoveryHandler(
+    const Client = discoverClientClass();
+    this.client ??= new Client(
       grpcTarget(this.registration.endpoint, this.registration.endpointType),
       grpc.credentials.createInsecure(),
-      CHANNEL_OPTIONS,
+      // Its own connection: grpc-js otherwise shares one per address across clients, and a
+      // handler that registers again would be called over the failed, backing-off one.
+      { ...CHANNEL_OPTIONS, "grpc.use_local_subchannel_pool": 1 },
     );
-    const client = this.client as unknown as {
-      Discover(request: DiscoverRequest): grpc.ClientReadableStream<DiscoverResponse>;
-    };
-    const call = client.Discover(this.run.request);
+    const call = this.client.Discover(this.run.request);
     this.call = call;
     let answered = false;
+    let listed = false;
+    const started = Date.now();
+    clearTimeout(this.quietTimer);
+    this.quietTimer = setTimeout(() => {
+      if (listed || call !== this.call) return;
+      this.log.warn(
+        { waitedMs: Date.now() - started, answered },
+        "external handler has sent no device list since Discover was called; its devices are published once it does",
+      );
+    }, this.run.registry.firstListWarnMs ?? FIRST_LIST_WARN_MS);
+    this.client.waitForReady(Date.now() + CONNECT_TIMEOUT_MS, (err) => {
+      if (!err || answered || call !== this.call) return;
+      this.ended(call, false, grpc.status.UNAVAILABLE, `no HTTP/2 handshake within ${CONNECT_TIMEOUT_MS} ms`);
+      call.cancel();
+    });
     call.on("metadata", () => {
       answered = true;
     });
-    call.on("data", (response: DiscoverResponse) => {
+    call.on("data", (response: DiscoverResponse | RefusedResponse) => {
       answered = true;
+      listed = true;
+      clearTimeout(this.quietTimer);
       this.failures = 0;
       this.accept(response);
     });
@@ -196,7 +254,11 @@ class EndpointStream {
     call.on("end", () => this.ended(call, answered, grpc.status.OK, "the handler ended the stream"));
   }
 
-  private accept(response: DiscoverResponse): void {
+  private accept(response: DiscoverResponse | RefusedResponse): void {
+    if ("refused" in response) {
+      this.refuse(response.refused);
+      return;
+    }
     try {
       const { devices, problems } = acceptDevices(response.devices ?? []);
       const summary = problems.join("; ");
@@ -206,15 +268,41 @@ class EndpointStream {
       this.run.lists.set(this.registration.endpoint, devices);
       this.run.notify();
     } catch (err) {
-      this.log.error({ err: String(err) }, "external handler response refused; its last list stays");
+      this.refuse(err instanceof Error ? err.message : String(err));
     }
   }
 
-  private ended(call: grpc.ClientReadableStream<DiscoverResponse>, answered: boolean, code: number, why: string) {
+  /**
+   * A list that cannot be used at all: its devices are not published and the last list is not
+   * replaced. The discovery fails with the reason (the agent logs it, records a DiscoveryFailed
+   * Event on the configuration and calls Discover again with backoff); the devices published
+   * before stay, since the agent publishes nothing new for a failed discovery.
+   */
+  private refuse(why: string): void {
+    this.log.error({ why }, "external handler list refused; the last list stays published");
+    this.run.fail(
+      new Error(
+        `external handler ${this.run.name} (${this.registration.endpoint}) sent a device list Spindle refuses: ${why}; the last list stays published`,
+      ),
+    );
+  }
+
+  private ended(
+    call: grpc.ClientReadableStream<DiscoverResponse | RefusedResponse>,
+    answered: boolean,
+    code: number,
+    why: string,
+  ) {
     if (this.stopped || call !== this.call) return;
     this.call = undefined;
+    clearTimeout(this.quietTimer);
     call.removeAllListeners();
     call.on("error", () => {});
+    if (code === grpc.status.RESOURCE_EXHAUSTED && /larger than max/.test(why)) {
+      // grpc-js refused a message from its length prefix, unread: a list too big to take.
+      this.refuse(`a list over the ${MAX_MESSAGE_BYTES}-byte message bound (${why})`);
+      return;
+    }
     if (this.run.lists.delete(this.registration.endpoint)) this.run.notify();
     if (code === grpc.status.INVALID_ARGUMENT) {
       this.run.fail(new Error(`external handler ${this.run.name} refused the discovery details: ${why}`));
@@ -241,6 +329,7 @@ class EndpointStream {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.quietTimer);
     const call = this.call;
     this.call = undefined;
     if (call) {

@@ -255,17 +255,18 @@ describe("registration and discovery over the v0 protocol", () => {
     expect(run.error()).toBeUndefined();
   });
 
-  it("a response over the size bound fails its stream unread; the devices before it go, nothing corrupt is yielded", async () => {
+  it("a response over the size bound is refused unread: the discovery fails, the last list is never replaced", async () => {
     const h = scriptedHandler("huge");
     await serve(h.handler);
     const run = discover("huge", { prefix: "h" });
     await until("discover", () => h.seen());
     h.push([{ id: "ok", properties: {} }]);
     await until("ok", () => run.last()?.length === 1);
-    // 17 MiB of property values: over MAX_MESSAGE_BYTES, refused by grpc-js from the length prefix.
+    // 17 MiB of property values: over MAX_MESSAGE_BYTES (the SDK's grpc-js refuses to send it).
     h.push(Array.from({ length: 17 }, (_, i) => ({ id: `d${i}`, properties: { BIG: "x".repeat(1024 * 1024) } })));
-    await until("the stream to fail", () => run.last()?.length === 0);
-    expect(run.sets.every((s) => s.every((d) => d.id === "ok"))).toBe(true);
+    const err = await until("the refusal", () => run.error());
+    expect(String(err)).toMatch(/sent a device list Spindle refuses: a list over the 16777216-byte message bound/);
+    expect(run.sets.map((s) => ids(s)?.join())).toEqual(["ok"]);
   });
 });
 

@@ -10,6 +10,8 @@ export interface RegistrationServerOptions {
   socketPath: string;
   builtIn: ReadonlySet<string>;
   allowOverride?: ReadonlySet<string>;
+  /** See RegistryOptions.firstListWarnMs. */
+  firstListWarnMs?: number;
   log: Logger;
 }
 
@@ -36,6 +38,7 @@ export async function startRegistrationServer(options: RegistrationServerOptions
     builtIn: options.builtIn,
     allowOverride: options.allowOverride,
     statePath: join(dirname(socketPath), STATE_FILE),
+    firstListWarnMs: options.firstListWarnMs,
     log,
   });
   const server = new grpc.Server(CHANNEL_OPTIONS);

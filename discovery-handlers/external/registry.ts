@@ -37,6 +37,8 @@ export interface RegistryOptions {
   allowOverride?: ReadonlySet<string>;
   /** Registrations are kept here across agent restarts (Akri forgets them: issue #558). */
   statePath?: string;
+  /** How long a Discover stream may go without its first list before it is logged as quiet (tests shorten it). */
+  firstListWarnMs?: number;
   log: Logger;
 }
 
@@ -53,6 +55,10 @@ export class HandlerRegistry {
 
   constructor(private options: RegistryOptions) {
     if (options.statePath) this.load(options.statePath);
+  }
+
+  get firstListWarnMs(): number | undefined {
+    return this.options.firstListWarnMs;
   }
 
   /** Adds or refreshes a registration; throws RegistrationError when it is refused. */

@@ -1,8 +1,11 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { device } from "../../src/api/device.js";
-import type { WireDevice } from "./protocol.js";
-import { acceptDevices, MAX_DEVICES_PER_RESPONSE, toWireDevice } from "./wire.js";
+import { fuzzRuns } from "../../test/fuzz.js";
+import { propertyValue } from "../sanitize.js";
+import { type DiscoverResponse, protocol, type WireDevice } from "./protocol.js";
+import { encodeResponse } from "./testing/raw-handler.js";
+import { acceptDevices, MAX_DEVICES_PER_RESPONSE, readDiscoverResponse, toWireDevice } from "./wire.js";
 
 const wireDevice: fc.Arbitrary<WireDevice> = fc.record({
   id: fc.oneof(fc.string({ maxLength: 20 }), fc.string({ minLength: 1020, maxLength: 1030 })),
@@ -64,6 +67,21 @@ describe("acceptDevices", () => {
     );
   });
 
+  it("keeps only what the publisher's sanitizer leaves as it is (it never changes a value silently)", () => {
+    const tricky = fc.string({
+      unit: fc.constantFrom("a", "\u0000", "\u001b", "\u0085", "\u200e", "\u2028", "\u202e", "\u2066", "é"),
+    });
+    fc.assert(
+      fc.property(fc.array(fc.record({ id: tricky, value: tricky }), { maxLength: 10 }), (list) => {
+        const wire = list.map(({ id, value }) => ({ id, properties: { V: value }, mounts: [], device_specs: [] }));
+        for (const d of acceptDevices(wire).devices) {
+          expect(propertyValue(d.id)).toBe(d.id);
+          for (const v of Object.values(d.properties)) expect(propertyValue(v)).toBe(v);
+        }
+      }),
+    );
+  });
+
   it("names each kind of problem", () => {
     const { devices, problems } = acceptDevices([
       { id: "", properties: {}, mounts: [], device_specs: [] },
@@ -96,5 +114,25 @@ describe("acceptDevices", () => {
       deviceSpecs: [{ containerPath: "/dev/a", hostPath: "/dev/a", permissions: "rwm" }],
     };
     expect(acceptDevices([toWireDevice(d)]).devices).toEqual([d]);
+  });
+});
+
+describe("readDiscoverResponse", () => {
+  const decode = protocol().DiscoveryHandler.service.Discover!.responseDeserialize as (b: Buffer) => DiscoverResponse;
+
+  it("decodes what is within the bounds as the plain decoder does", () => {
+    const bytes = encodeResponse([{ id: "a", properties: { A: "1" } }, { id: "b" }]);
+    expect(readDiscoverResponse(bytes, decode)).toEqual(decode(bytes));
+  });
+
+  it("never throws and never half-decodes, whatever the bytes", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 200 }), (raw) => {
+        const r = readDiscoverResponse(Buffer.from(raw), decode);
+        if ("refused" in r) expect(r.devices).toEqual([]);
+        else expect(Array.isArray(r.devices)).toBe(true);
+      }),
+      { numRuns: fuzzRuns(200, "external DiscoverResponse bytes") },
+    );
   });
 });

@@ -1,3 +1,4 @@
+import protobuf from "protobufjs";
 import {
   type DeviceMount,
   type DeviceNode,
@@ -7,7 +8,7 @@ import {
   PROPERTY_NAME,
 } from "../../src/api/device.js";
 import type { DiscoveredDevice } from "../handler.js";
-import type { WireDevice, WireDeviceSpec, WireMount } from "./protocol.js";
+import type { DiscoverResponse, WireDevice, WireDeviceSpec, WireMount } from "./protocol.js";
 
 /**
  * What an external handler streams is untrusted: these turn wire devices into DiscoveredDevices
@@ -17,10 +18,80 @@ import type { WireDevice, WireDeviceSpec, WireMount } from "./protocol.js";
 
 /** More devices than this in one response and the whole response is refused (the last list stays). */
 export const MAX_DEVICES_PER_RESPONSE = 10_000;
+/**
+ * More properties, mounts and device specs than this, summed over one response's devices, and
+ * the whole response is refused. With MAX_DEVICES_PER_RESPONSE and the gRPC message bound
+ * (protocol.ts MAX_MESSAGE_BYTES) this bounds what decoding one response can allocate.
+ */
+export const MAX_ENTRIES_PER_RESPONSE = 200_000;
 export const MAX_ID_LENGTH = 1024;
 const MAX_PATH = 4096;
 
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+// The characters sanitize.ts strips (C0/C1, DEL, line/paragraph separators, bidi overrides):
+// a value holding one is dropped here, so the publisher never changes a value silently.
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/;
+
+/** A DiscoverResponse the agent refused before decoding it. */
+export interface RefusedResponse {
+  devices: [];
+  refused: string;
+}
+
+const DEVICE_TAG = (1 << 3) | 2; // DiscoverResponse.devices: field 1, length-delimited
+
+/**
+ * Decodes a DiscoverResponse from its bytes, but only after counting its devices and their
+ * entries from the bytes alone: decoding allocates an object per device and per entry (16 MiB
+ * of empty devices is 8 million objects, gigabytes), so a response over the bounds is refused
+ * unread. Bytes that are not a DiscoverResponse are refused too, never partly used.
+ */
+export function readDiscoverResponse(
+  bytes: Buffer,
+  decode: (bytes: Buffer) => DiscoverResponse,
+): DiscoverResponse | RefusedResponse {
+  let devices = 0;
+  let entries = 0;
+  try {
+    const reader = protobuf.Reader.create(bytes);
+    while (reader.pos < reader.len) {
+      const tag = reader.uint32();
+      if (tag !== DEVICE_TAG) {
+        reader.skipType(tag & 7);
+        continue;
+      }
+      const end = reader.uint32() + reader.pos;
+      if (end > reader.len) throw new Error("a device runs past the end of the message");
+      devices++;
+      if (entries > MAX_ENTRIES_PER_RESPONSE) {
+        reader.pos = end; // over already: only devices are still counted, for the message
+        continue;
+      }
+      while (reader.pos < end) {
+        const field = reader.uint32();
+        if (field >>> 3 >= 2 && field >>> 3 <= 4) entries++;
+        reader.skipType(field & 7);
+      }
+      if (reader.pos !== end) throw new Error("a device's fields run past its end");
+    }
+  } catch (err) {
+    return refused(`not a valid DiscoverResponse (${err instanceof Error ? err.message : String(err)})`);
+  }
+  if (devices > MAX_DEVICES_PER_RESPONSE)
+    return refused(`${devices} devices in one list (at most ${MAX_DEVICES_PER_RESPONSE})`);
+  if (entries > MAX_ENTRIES_PER_RESPONSE)
+    return refused(
+      `more than ${MAX_ENTRIES_PER_RESPONSE} properties, mounts and device specs in one list, over ${devices} devices`,
+    );
+  try {
+    return decode(bytes);
+  } catch (err) {
+    return refused(`not a valid DiscoverResponse (${err instanceof Error ? err.message : String(err)})`);
+  }
+}
+
+function refused(why: string): RefusedResponse {
+  return { devices: [], refused: why };
+}
 
 export interface AcceptedDevices {
   devices: DiscoveredDevice[];
@@ -31,7 +102,7 @@ export interface AcceptedDevices {
 /** Validates one DiscoverResponse's devices; throws when the response as a whole is refused. */
 export function acceptDevices(wire: readonly WireDevice[]): AcceptedDevices {
   if (wire.length > MAX_DEVICES_PER_RESPONSE)
-    throw new Error(`${wire.length} devices in one response (at most ${MAX_DEVICES_PER_RESPONSE})`);
+    throw new Error(`${wire.length} devices in one list (at most ${MAX_DEVICES_PER_RESPONSE})`);
   const problems = new Map<string, number>();
   const problem = (p: string) => problems.set(p, (problems.get(p) ?? 0) + 1);
   const ids = new Set<string>();
