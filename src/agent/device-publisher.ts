@@ -10,6 +10,7 @@ import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, NODES, ResourceClient } f
 import { WorkQueue } from "../k8s/work-queue.js";
 import type { Logger } from "../log/logger.js";
 import { apiWrites, devicesPublished, discoveryLatency, reconcileErrors } from "../observability/metrics.js";
+import { type SpanHandle, startSpan, TRACEPARENT_ANNOTATION } from "../observability/tracing.js";
 import { deviceIdentity, deviceName, extendedResourceName, nodeLabel } from "./device-name.js";
 
 export const CONFIGURATION_LABEL = "spindle.dev/configuration";
@@ -35,6 +36,8 @@ interface Observed {
   hostPaths?: Pick<DeviceSpec, "mounts" | "deviceSpecs">;
   /** undefined while the handler reports it; else when it stopped (ms since epoch). */
   missingSince?: number;
+  /** The traceparent of the discovery set that last changed it (new, changed or gone); tracing on only. */
+  trace?: string;
 }
 
 /** The `raw` of a Device adopted after a restart, until its handler reports it. */
@@ -211,6 +214,23 @@ export class DevicePublisher {
     if (!configuration) return; // deleted meanwhile: dropConfiguration handles its devices
     const now = Date.now();
     const seen = new Set<string>();
+    // The set's span starts at its first change (so a set that changes nothing has none), and
+    // before the write it causes is queued: the queue may start that write at once.
+    let span: SpanHandle | undefined;
+    let changed = 0;
+    const traceOfSet = () => {
+      changed++;
+      span ??= startSpan("discovery set", {
+        kind: "producer",
+        startTime: now,
+        attributes: {
+          "spindle.configuration": configName,
+          "spindle.handler": handler,
+          "spindle.devices.reported": set.length,
+        },
+      });
+      return span.traceparent;
+    };
     for (const device of set) {
       const identity = deviceIdentity(device.id, shared, this.nodeName);
       const name = this.nameOf(configName, identity);
@@ -256,8 +276,9 @@ export class DevicePublisher {
         JSON.stringify(before.hostPaths) !== JSON.stringify(next.hostPaths)
       ) {
         if (!this.reportedAt.has(name)) this.reportedAt.set(name, now);
+        next.trace = traceOfSet();
         this.queue.add(name);
-      }
+      } else next.trace = before.trace;
       if (device.problem && before?.problem !== device.problem) {
         this.log.warn(
           { device: name, configuration: configName, problem: device.problem },
@@ -280,12 +301,17 @@ export class DevicePublisher {
       const o = this.observed.get(name);
       if (!o || seen.has(name) || o.missingSince !== undefined) continue;
       o.missingSince = now;
+      o.trace = traceOfSet();
       this.queue.add(name);
       this.log.info(
         { device: name, graceSeconds: configuration.spec.offlineGraceSeconds },
         "device no longer reported; keeping it for its grace period",
       );
     }
+    // A set that changes nothing has no span: polling handlers repeat the same set every few
+    // seconds, and those spans would only bury the ones to follow.
+    span?.setAttributes({ "spindle.devices.changed": changed });
+    span?.end();
   }
 
   /** The configuration's spec changed (capacity, properties, grace): look at its devices again. */
@@ -440,7 +466,30 @@ export class DevicePublisher {
       if (current && collides(current, desired)) return this.reportCollision(current, desired);
       if (current && publishedAsDesired(current, desired, this.nodeName, this.label))
         return this.scheduleNodeResources();
-      const applied = current ? await this.devices.apply(desired) : await this.firstApply(desired);
+      // A write that follows a discovery is its child; one for another reason (the configuration
+      // changed, the Device was edited or deleted by hand) starts a trace linked to it.
+      const fromDiscovery = this.reportedAt.has(name);
+      const span = startSpan("apply Device", {
+        kind: "client",
+        ...(fromDiscovery ? { parent: o.trace } : { links: [o.trace] }),
+        attributes: {
+          "spindle.device": name,
+          "spindle.configuration": o.configurationName,
+          "spindle.create": !current,
+        },
+      });
+      // The context rides only on a write that happens anyway: never a write of its own.
+      const traceparent = span.traceparent ?? current?.metadata.annotations?.[TRACEPARENT_ANNOTATION];
+      if (traceparent) desired.metadata!.annotations = { [TRACEPARENT_ANNOTATION]: traceparent };
+      let applied: PublishedDevice | undefined;
+      try {
+        applied = current ? await this.devices.apply(desired) : await this.firstApply(desired);
+      } catch (err) {
+        span.fail(err);
+        throw err;
+      } finally {
+        span.end();
+      }
       if (!applied) return;
       apiWrites.inc({ resource: "devices", verb: "apply" });
       this.cache.observeWrite(applied);
@@ -451,7 +500,7 @@ export class DevicePublisher {
         current ? "device updated" : "device published",
       );
     } else {
-      if (current?.spec.nodes.includes(this.nodeName)) await this.leave(current);
+      if (current?.spec.nodes.includes(this.nodeName)) await this.leave(current, o?.trace);
       this.forget(name);
     }
     this.scheduleNodeResources();
@@ -494,9 +543,27 @@ export class DevicePublisher {
   }
 
   /** This node stops reporting the device; the last node to leave deletes it. */
-  private async leave(device: Device & k8s.KubernetesObject): Promise<void> {
+  private async leave(device: Device & k8s.KubernetesObject, trace?: string): Promise<void> {
     const name = device.metadata.name!;
     const others = device.spec.nodes.filter((n) => n !== this.nodeName);
+    // A child of the discovery set that stopped reporting it (if it was that), however long ago.
+    const span = startSpan(others.length === 0 ? "delete Device" : "leave Device", {
+      kind: "client",
+      parent: trace ?? device.metadata.annotations?.[TRACEPARENT_ANNOTATION],
+      attributes: { "spindle.device": name, "spindle.configuration": device.spec.configurationName },
+    });
+    try {
+      await this.leaveDevice(device, others);
+    } catch (err) {
+      span.fail(err);
+      throw err;
+    } finally {
+      span.end();
+    }
+  }
+
+  private async leaveDevice(device: Device & k8s.KubernetesObject, others: string[]): Promise<void> {
+    const name = device.metadata.name!;
     apiWrites.inc({ resource: "devices", verb: others.length === 0 ? "delete" : "apply" });
     if (others.length === 0) {
       try {

@@ -99,6 +99,23 @@ export const deviceSpinAppSpec = z.strictObject({
       "x-kubernetes-list-type": "map",
       "x-kubernetes-list-map-keys": ["name"],
     }),
+  telemetry: z
+    .strictObject({
+      executor: z
+        .string()
+        .min(1)
+        .max(253)
+        .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, "must be a SpinAppExecutor name")
+        .meta({
+          description:
+            "A SpinAppExecutor in this namespace whose deploymentConfig.otel holds Spin's OTLP endpoints (SpinKube gives Spin its OTEL_EXPORTER_OTLP_* env only through the executor). The SpinApps run on it instead of template.spec.executor.",
+        }),
+    })
+    .optional()
+    .meta({
+      description:
+        "Opt-in: the Wasm app's own OpenTelemetry spans. Its pods also get the labels spindle.dev/device and spindle.dev/device-spin-app, which a Collector's k8sattributes processor turns into resource attributes, so each app's spans name their device.",
+    }),
   template: z.strictObject({
     metadata: z
       .strictObject({

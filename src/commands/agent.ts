@@ -4,6 +4,7 @@ import { loadKubeConfig } from "../k8s/client.js";
 import { parsePlacement } from "../k8s/dra.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
+import { startTracing } from "../observability/tracing.js";
 import { untilSignal } from "./signals.js";
 
 export interface AgentCommandOptions {
@@ -31,6 +32,8 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
       throw new Error(`--handlers: unknown handler "${h}" (known: ${[...HANDLERS.keys()].join(", ")})`);
   const handlers = enabled ? new Map([...HANDLERS].filter(([name]) => enabled.includes(name))) : HANDLERS;
   const log = createLogger("spindle-agent");
+  // Loads the OpenTelemetry SDK only when OTEL_* configures an exporter.
+  const stopTracing = await startTracing("spindle-agent", log, { nodeName });
   const disabled = new Set([...HANDLERS.keys()].filter((h) => !handlers.has(h)));
   // gRPC is loaded only when external handlers are served: agents without them do not pay its memory.
   const registration = options.registrationSocket
@@ -66,5 +69,6 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
   log.info({ signal }, "stopping");
   await agent.stop();
   await registration?.close();
+  await stopTracing(); // flushes the spans still queued
   server?.close();
 }

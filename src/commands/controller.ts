@@ -6,6 +6,7 @@ import { parsePlacement } from "../k8s/dra.js";
 import { LeaderElection } from "../k8s/leader-election.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
+import { startTracing } from "../observability/tracing.js";
 import { untilSignal } from "./signals.js";
 
 export interface ControllerCommandOptions {
@@ -27,6 +28,8 @@ function aborted(signal: AbortSignal): Promise<void> {
 /** `spindle controller`: one active replica (Lease), DeviceSpinApps -> SpinApps until SIGTERM. */
 export async function controllerCommand(options: ControllerCommandOptions): Promise<void> {
   const log = createLogger("spindle-controller");
+  // Loads the OpenTelemetry SDK only when OTEL_* configures an exporter.
+  const stopTracing = await startTracing("spindle-controller", log);
   const kc = loadKubeConfig(options.kubeconfig);
   const identity = options.identity ?? `${hostname()}-${process.pid}`;
   const placement = parsePlacement(options.placement);
@@ -107,6 +110,7 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
   await controller?.stop();
   controller = undefined;
   await election.release();
+  await stopTracing(); // flushes the spans still queued
   if (server) await closeServer(server);
   log.info("stopped");
   if (failure !== undefined) throw failure;

@@ -6,6 +6,7 @@ import { parseAllDocuments } from "yaml";
 import { SimulatedDevices } from "../dev/simulated-devices.js";
 import { applyObject, statusCode } from "../k8s/client.js";
 import { ControlPlane } from "../sandbox/control-plane.js";
+import { type Collector, startCollector } from "../sandbox/otel-collector.js";
 import { ManagedProcess } from "../sandbox/processes.js";
 import { readSnapshot, renderSnapshot } from "../status/snapshot.js";
 
@@ -49,12 +50,14 @@ export async function exampleObjects(devices: { mqttUri: string; usbRoot: string
 }
 
 /** `spindle dev`: the sandbox, simulated devices, agents, the controller, the examples, and a live view. */
-export async function devCommand(): Promise<void> {
+export async function devCommand(options: { otel?: boolean } = {}): Promise<void> {
   const cp = await ControlPlane.start();
   const processes: ManagedProcess[] = [];
   let devices: SimulatedDevices | undefined;
+  let collector: Collector | undefined;
   const stop = async () => {
     for (const p of processes.reverse()) await p.stop();
+    await collector?.stop(); // after the agents and controller flushed their spans into it
     await devices?.stop().catch(() => undefined);
     await cp.stop();
   };
@@ -79,7 +82,14 @@ export async function devCommand(): Promise<void> {
     for (const obj of await exampleObjects({ mqttUri: devices.mqttUri, usbRoot: devices.usbRoot }))
       await applyObject(kc, obj, "spindle-dev");
 
-    const env = { ...process.env, KUBECONFIG: cp.kubeconfigPath, LOG_LEVEL: process.env.LOG_LEVEL ?? "info" };
+    // --otel: a real OpenTelemetry Collector on 127.0.0.1 that the agents and the controller export to.
+    if (options.otel) collector = await startCollector(join(cp.logDir, "otel"));
+    const env = {
+      ...process.env,
+      KUBECONFIG: cp.kubeconfigPath,
+      LOG_LEVEL: process.env.LOG_LEVEL ?? "info",
+      ...(collector ? { OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint, OTEL_BSP_SCHEDULE_DELAY: "500" } : {}),
+    };
     const bin = join(ROOT, "bin", "spindle.js");
     // The USB tree is "plugged into" edge-1 only, so its SpinApps must run there.
     processes.push(
@@ -115,6 +125,7 @@ export async function devCommand(): Promise<void> {
       `KUBECTL=${cp.kubectlPath}`,
       `kubectl: ${cp.kubectlPath} --kubeconfig ${cp.kubeconfigPath} get devices,devicespinapps -A`,
       `logs:    ${cp.logDir}`,
+      ...(collector ? [`traces:  ${collector.tracesFile} (OTLP/JSON lines; collector at ${collector.endpoint})`] : []),
     ].join("\n");
     process.stdout.write(`${intro}\n`);
     await liveView(kc, devices, intro);

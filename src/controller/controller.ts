@@ -18,6 +18,7 @@ import {
 import { WorkQueue } from "../k8s/work-queue.js";
 import type { Logger } from "../log/logger.js";
 import { reconcileDuration, reconcileErrors, spinAppsBound } from "../observability/metrics.js";
+import { startSpan } from "../observability/tracing.js";
 import { ControllerDra } from "./dra.js";
 import { type ExecutorDeps, execute } from "./executor.js";
 import { type ObservedSpinApp, plan, type RawObject, type Snapshot, type WriteFailure } from "./plan.js";
@@ -209,6 +210,14 @@ export class Controller {
       draFailed = err;
     });
     const planned = plan(this.snapshot());
+    // A span for a reconcile that writes: the resyncs and status echoes that change nothing would
+    // only bury the ones that do.
+    const span = planned.actions.length
+      ? startSpan("reconcile", {
+          startTime: started,
+          attributes: { "spindle.actions": planned.actions.length, "spindle.bindings": planned.bindings.length },
+        })
+      : undefined;
     const result = await execute(
       planned.actions,
       {
@@ -219,10 +228,17 @@ export class Controller {
         log: this.log,
         failures: this.failures,
         dsaTarget: this.dsaTarget,
+        trace: span?.traceparent,
       },
       this.signal,
       this.stopping.signal,
-    );
+    ).catch((err) => {
+      span?.fail(err);
+      span?.end();
+      throw err;
+    });
+    span?.setAttributes({ "spindle.writes": result.writes, "spindle.failed": result.transient + result.refused });
+    span?.end();
     // Refused writes of SpinApps that are no longer wanted are forgotten.
     const wanted = new Set(planned.bindings.map((b) => `${b.namespace}/${b.spinApp}`));
     for (const key of this.failures.keys()) if (!wanted.has(key)) this.failures.delete(key);

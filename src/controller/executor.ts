@@ -5,6 +5,7 @@ import type { EventRecorder, EventTarget } from "../k8s/events.js";
 import type { ResourceClient } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
 import { apiWrites } from "../observability/metrics.js";
+import { type SpanHandle, startSpan, TRACEPARENT_ANNOTATION } from "../observability/tracing.js";
 import { type Action, PHASE, type WriteFailure } from "./plan.js";
 
 type Obj = k8s.KubernetesObject & Record<string, unknown>;
@@ -19,6 +20,8 @@ export interface ExecutorDeps {
   /** Refused SpinApp writes by "<namespace>/<name>"; the executor keeps it, plan() reads it. */
   failures: Map<string, WriteFailure>;
   dsaTarget: (dsaKey: string) => EventTarget | undefined;
+  /** The traceparent of the reconcile these actions come from (tracing on only). */
+  trace?: string;
 }
 
 export interface ExecutionResult {
@@ -159,12 +162,20 @@ async function run(action: Action, deps: ExecutorDeps, signal: AbortSignal): Pro
     }
     case "deleteSpinApp": {
       let answer: unknown;
+      // A child of the Device's last change (it no longer matches, say); else of this reconcile.
+      const span = spinAppSpan("delete SpinApp", action.namespace, action.name, action.device, action.trace, deps, [
+        action.appTrace,
+      ]);
+      span.setAttributes({ "spindle.reason": action.reason });
       try {
         answer = await clients.spinApps.delete(action.name, action.namespace, { uid: action.uid }, opts);
       } catch (err) {
         const code = statusCode(err);
         if (code === 404 || code === 409) return false; // gone, or a new object by that name: look again
+        span.fail(err);
         throw err;
+      } finally {
+        span.end();
       }
       apiWrites.inc({ resource: "spinapps", verb: "delete" });
       if ((answer as { kind?: string })?.kind === "SpinApp") caches.spinApps.observeWrite(answer as Obj);
@@ -193,7 +204,31 @@ async function run(action: Action, deps: ExecutorDeps, signal: AbortSignal): Pro
       );
     case "applySpinApp": {
       const key = `${action.spinApp.metadata.namespace}/${action.spinApp.metadata.name}`;
-      const applied = await clients.spinApps.apply(action.spinApp as unknown as Obj, true, opts);
+      const { namespace, name } = action.spinApp.metadata;
+      // A child of the discovery that last changed the Device, so one trace runs from the device
+      // to its SpinApp; linked to the reconcile that wrote it.
+      const span = spinAppSpan("apply SpinApp", namespace, name, action.device, action.trace, deps, []);
+      span.setAttributes({ "spindle.create": action.create });
+      // The context goes on the SpinApp with a write that happens anyway (plan() never compares it).
+      const traceparent = span.traceparent ?? action.trace;
+      const body = traceparent
+        ? {
+            ...action.spinApp,
+            metadata: {
+              ...action.spinApp.metadata,
+              annotations: { ...action.spinApp.metadata.annotations, [TRACEPARENT_ANNOTATION]: traceparent },
+            },
+          }
+        : action.spinApp;
+      let applied: Obj;
+      try {
+        applied = await clients.spinApps.apply(body as unknown as Obj, true, opts);
+      } catch (err) {
+        span.fail(err);
+        throw err;
+      } finally {
+        span.end();
+      }
       caches.spinApps.observeWrite(applied);
       apiWrites.inc({ resource: "spinapps", verb: "apply" });
       const hadFailed = deps.failures.delete(key);
@@ -227,6 +262,24 @@ async function run(action: Action, deps: ExecutorDeps, signal: AbortSignal): Pro
       return false;
     }
   }
+}
+
+/** A SpinApp write's span: parented by the Device's trace when it has one, else by the reconcile. */
+function spinAppSpan(
+  name: string,
+  namespace: string,
+  spinApp: string,
+  device: string | undefined,
+  trace: string | undefined,
+  deps: ExecutorDeps,
+  links: (string | undefined)[],
+): SpanHandle {
+  return startSpan(name, {
+    kind: "client",
+    parent: trace ?? deps.trace,
+    links: trace ? [deps.trace, ...links] : links,
+    attributes: { "spindle.spinapp": `${namespace}/${spinApp}`, "spindle.device": device },
+  });
 }
 
 const STATUS_RESOURCE = {

@@ -6,6 +6,8 @@ import { type Action, type ObservedSpinApp, plan, type RawObject, type Snapshot 
 import { DEVICE_LABEL, DSA_LABEL, dsaLabelValue } from "./spin-app-builder.js";
 
 const NOW = Date.parse("2026-12-01T00:00:00Z");
+const TRACEPARENT = "spindle.dev/traceparent";
+const TP1 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 let uids = 0;
 /** Real uids are unique per object; these are unique per object content, so equal inputs stay equal. */
 const uidOf = (...parts: unknown[]) => `uid-${JSON.stringify(parts)}`;
@@ -198,6 +200,45 @@ describe("plan(): table cases", () => {
     added.spinApps[0]!.spec!.checks = { readiness: { httpGet: { path: "/" } } };
     added.spinApps[0]!.metadata.labels = { ...added.spinApps[0]!.metadata.labels, other: "x" };
     expect(plan(added).actions).toEqual([]);
+  });
+
+  it("carries the Device's trace context to the SpinApp apply, and never sees the SpinApp's as drift", () => {
+    const s = base();
+    const traced = (tp: string) => ({
+      ...s,
+      // A new generation too, so the builder's cache (keyed by generation) cannot hide what it does with the annotation.
+      devices: s.devices.map((d) => ({
+        ...d,
+        metadata: { ...d.metadata, generation: 7, annotations: { [TRACEPARENT]: tp } },
+      })),
+    });
+    // A Device whose annotation changed (a new discovery span) with nothing else: no SpinApp write.
+    expect(plan(traced(TP1)).actions).toEqual([]);
+    // A SpinApp that carries an older (or a hand-edited) trace annotation is up to date too.
+    const annotated = {
+      ...traced(TP1),
+      spinApps: s.spinApps.map((a) => ({
+        ...a,
+        metadata: { ...a.metadata, annotations: { ...a.metadata.annotations, [TRACEPARENT]: "junk" } },
+      })),
+    };
+    expect(plan(annotated).actions).toEqual([]);
+    // When a SpinApp is written anyway, the write names the Device's trace.
+    const gone = { ...traced(TP1), spinApps: s.spinApps.slice(1) };
+    const apply = plan(gone).actions.find((a) => a.kind === "applySpinApp");
+    expect(apply).toMatchObject({ kind: "applySpinApp", create: true, trace: TP1 });
+    expect(apply?.kind === "applySpinApp" && apply.spinApp.metadata.annotations?.[TRACEPARENT]).toBeUndefined();
+    // A delete names the Device's trace and links the SpinApp's own.
+    const unmatched = withDsa(
+      annotated,
+      dsa("viewer", { generation: 2, spec: { selector: { matchProperties: { NONE: "x" } } } }),
+    );
+    const del = plan(unmatched).actions.find((a) => a.kind === "deleteSpinApp");
+    expect(del).toMatchObject({ kind: "deleteSpinApp", trace: TP1, appTrace: "junk" });
+    // Without traces (tracing off), the actions carry none.
+    expect(
+      plan({ ...s, spinApps: s.spinApps.slice(1) }).actions.find((a) => a.kind === "applySpinApp"),
+    ).not.toHaveProperty("trace");
   });
 
   it("updates the SpinApp's variables when its device's properties change", () => {

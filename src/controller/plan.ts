@@ -9,6 +9,7 @@ import {
   type PropertySelector,
 } from "../api/device-spin-app.js";
 import type { SpinApp } from "../api/spin-app.js";
+import { TRACEPARENT_ANNOTATION } from "../observability/tracing.js";
 import { buildSpinAppCached, DEVICE_LABEL, DSA_LABEL, dsaLabelValue, spinAppName } from "./spin-app-builder.js";
 
 /**
@@ -81,9 +82,21 @@ export type Action =
       uid?: string;
       device?: string;
       reason: string;
+      /** Trace context: the Device's (the discovery that last changed it), and the SpinApp's own. */
+      trace?: string;
+      appTrace?: string;
     }
   | { kind: "applyAllocations"; device: string; allocations: Allocation[] }
-  | { kind: "applySpinApp"; dsaKey: string; device: string; spinApp: SpinApp; create: boolean }
+  | {
+      kind: "applySpinApp";
+      dsaKey: string;
+      device: string;
+      /** What Spindle owns of the SpinApp; the trace annotation is not part of it (never drift). */
+      spinApp: SpinApp;
+      create: boolean;
+      /** The Device's trace context: the apply span's parent, carried onto the SpinApp. */
+      trace?: string;
+    }
   | {
       kind: "applyDsaStatus";
       dsaKey: string;
@@ -279,16 +292,22 @@ export function plan(snapshot: Snapshot): Plan {
   // Observed SpinApps by DeviceSpinApp and device; anything unaccounted for is deleted.
   const observed = new Map<DsaState, Map<string, ObservedSpinApp>>();
   const terminating: ObservedSpinApp[] = [];
-  const remove = (s: ObservedSpinApp, reason: string, state?: DsaState) =>
+  const remove = (s: ObservedSpinApp, reason: string, state?: DsaState) => {
+    const device = s.metadata.labels?.[DEVICE_LABEL];
+    const trace = traceOf(device ? devices.get(device) : undefined);
+    const appTrace = s.metadata.annotations?.[TRACEPARENT_ANNOTATION];
     actions.push({
       kind: "deleteSpinApp",
       dsaKey: state?.key,
       namespace: s.metadata.namespace!,
       name: s.metadata.name!,
       uid: s.metadata.uid,
-      device: s.metadata.labels?.[DEVICE_LABEL],
+      device,
       reason,
+      ...(trace ? { trace } : {}),
+      ...(appTrace ? { appTrace } : {}),
     });
+  };
   for (const s of [...snapshot.spinApps].sort((a, b) => keyOfApp(a).localeCompare(keyOfApp(b)))) {
     if (s.metadata.deletionTimestamp) {
       terminating.push(s);
@@ -436,7 +455,15 @@ export function plan(snapshot: Snapshot): Plan {
       if (failure) state.failed.push({ device, message: failure.message });
       continue;
     }
-    actions.push({ kind: "applySpinApp", dsaKey: state.key, device, spinApp, create: !current });
+    const trace = traceOf(devices.get(device));
+    actions.push({
+      kind: "applySpinApp",
+      dsaKey: state.key,
+      device,
+      spinApp,
+      create: !current,
+      ...(trace ? { trace } : {}),
+    });
   }
 
   // Statuses and their Events.
@@ -479,6 +506,10 @@ export function plan(snapshot: Snapshot): Plan {
 
   actions.sort((a, b) => PHASE[a.kind] - PHASE[b.kind]);
   return { actions, bindings, ...(wakeAt !== undefined ? { wakeAt } : {}) };
+}
+
+function traceOf(d: Device | undefined): string | undefined {
+  return d?.metadata.annotations?.[TRACEPARENT_ANNOTATION];
 }
 
 function keyOfApp(s: ObservedSpinApp): string {

@@ -62,6 +62,18 @@ export function buildSpinApp(dsa: DeviceSpinApp, device: Device): BuildResult {
     taken.add(m.name);
     fromDevice.push({ name: m.name, value });
   }
+  // Opt-in telemetry: the executor that gives Spin its OTLP endpoints, and pod labels a
+  // Collector's k8sattributes processor turns into the device of each of the app's spans.
+  const telemetry = dsa.spec.telemetry;
+  const podLabels = telemetry
+    ? {
+        podLabels: {
+          ...((template.spec.podLabels as Record<string, string> | undefined) ?? {}),
+          [DSA_LABEL]: dsaLabelValue(dsa.metadata.name!),
+          [DEVICE_LABEL]: deviceName,
+        },
+      }
+    : {};
   const resources =
     (template.spec.resources as { limits?: Record<string, string>; requests?: Record<string, string> } | undefined) ??
     {};
@@ -87,6 +99,8 @@ export function buildSpinApp(dsa: DeviceSpinApp, device: Device): BuildResult {
     },
     spec: {
       ...template.spec,
+      ...(telemetry ? { executor: telemetry.executor } : {}),
+      ...podLabels,
       variables: [...own, ...fromDevice],
       resources: { ...resources, limits: { ...(resources.limits ?? {}), [extendedResourceName(deviceName)]: "1" } },
     },

@@ -16,7 +16,7 @@ const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const TOOLS_DIR = join(REPO, "tools");
 const MIN_GO = [1, 26] as const;
 
-export type ModuleName = "kubernetes" | "kwok" | "helm" | "spin-operator";
+export type ModuleName = "kubernetes" | "kwok" | "helm" | "spin-operator" | "otelcol";
 
 /** One pinned Go module under tools/ and what it builds. */
 interface ToolModule {
@@ -33,6 +33,8 @@ interface ToolModule {
   };
   /** A cold build measured on 2 cores (empty Go caches), for the estimate users see. */
   coldSeconds: number;
+  /** Built only when asked for by name (not part of ALL_MODULES). */
+  onDemand?: boolean;
 }
 
 const K8S_VERSION = "v1.37.2";
@@ -77,9 +79,12 @@ export const TOOL_MODULES: ToolModule[] = [
     copyFrom: { module: "github.com/spinkube/spin-operator", paths: ["config/crd/bases"] },
     coldSeconds: 150,
   },
+  // The trace backend of the OTel e2e test and `spindle dev --otel` (tools/otelcol/main.go).
+  { module: "otelcol", binaries: { otelcol: "spindle.dev/tools/otelcol" }, coldSeconds: 170, onDemand: true },
 ];
 
-export const ALL_MODULES: readonly ModuleName[] = TOOL_MODULES.map((t) => t.module);
+/** Every module but the on-demand ones (otelcol: only the OTel e2e test and `spindle dev --otel` build it). */
+export const ALL_MODULES: readonly ModuleName[] = TOOL_MODULES.filter((t) => !t.onDemand).map((t) => t.module);
 /** What the sandbox control plane runs (`spindle dev`, `spindle sandbox`, the e2e setup): no helm. */
 export const CONTROL_PLANE_MODULES: readonly ModuleName[] = ["kubernetes", "kwok", "spin-operator"];
 
@@ -108,11 +113,16 @@ export function cacheRoot(): string {
   return join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "spindle");
 }
 
-/** The cache folder of a module: keyed by its go.mod and go.sum, so a new pin builds anew. */
+/**
+ * The cache folder of a module: keyed by its go.mod and go.sum (and its own .go files, for a
+ * module with a main package of its own), so a new pin or a changed main.go builds anew.
+ */
 export async function moduleCacheDir(tool: ToolModule): Promise<string> {
   const dir = join(TOOLS_DIR, tool.module);
   const hash = createHash("sha256");
   for (const f of ["go.mod", "go.sum"]) hash.update(await readFile(join(dir, f)));
+  for (const f of (await readdir(dir)).filter((f) => f.endsWith(".go")).sort())
+    hash.update(f).update(await readFile(join(dir, f)));
   return join(cacheRoot(), "bin", `${tool.module}-${hash.digest("hex").slice(0, 16)}`);
 }
 
