@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Spindle's tests need and a fresh Debian machine may lack, from Debian's
 # packages: Mosquitto (the real MQTT broker the tests run against), iproute2 (`ip netns` and
-# veth for the multicast tests, `ss`) and openssl (test certificates). Go and Node.js are
+# veth for the multicast tests, `ss`), openssl (test certificates) and python3-venv (the
+# Python handler of the Akri protocol test). Go and Node.js are
 # checked, not installed. `npm test` runs this first (the `pretest` script); when everything is
 # there it only checks and prints nothing.
 set -euo pipefail
@@ -13,6 +14,8 @@ missing=()
 command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The Akri protocol test runs a Python handler in a venv with grpcio from PyPI.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
   cannot() {
@@ -20,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "Install them as root, then rerun:  apt-get update && apt-get install -y ${missing[*]}" >&2
     exit 1
   }
-  command -v apt-get >/dev/null 2>&1 || cannot "this machine has no apt-get (install mosquitto, iproute2 and openssl with its package manager)"
+  command -v apt-get >/dev/null 2>&1 || cannot "this machine has no apt-get (install mosquitto, iproute2, openssl and python3-venv with its package manager)"
   if [ "$(id -u)" -eq 0 ]; then
     as_root=()
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then

@@ -25,7 +25,11 @@ program
   .description(
     "The whole system on a local sandbox: control plane, simulated devices, agents on edge-1 and edge-2, the controller, examples/, and a live view with keys to plug and unplug devices",
   )
-  .action(async () => (await import("./commands/dev.js")).devCommand());
+  .option(
+    "--otel",
+    "start a real OpenTelemetry Collector on 127.0.0.1 and export the agents' and controller's traces to it",
+  )
+  .action(async (opts: { otel?: boolean }) => (await import("./commands/dev.js")).devCommand({ otel: opts.otel }));
 
 program
   .command("simulate")

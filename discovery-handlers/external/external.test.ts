@@ -8,6 +8,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import net from "node:net";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
+// Through the package export, as a handler outside this repository imports it.
+import { type ServedHandler, serveDiscoveryHandler } from "spindle/handler-sdk";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { createLogger } from "../../src/log/logger.js";
@@ -15,7 +17,6 @@ import type { DiscoveredDevice, DiscoveryHandler } from "../handler.js";
 import { CHANNEL_OPTIONS, DISCOVERY_PROTO, protocol } from "./protocol.js";
 import { type RegistrationServer, STATE_FILE, startRegistrationServer } from "./registration-server.js";
 import { HandlerRegistry } from "./registry.js";
-import { type ServedHandler, serveDiscoveryHandler } from "./sdk.js";
 
 const log = createLogger("test", "silent");
 let dir: string;

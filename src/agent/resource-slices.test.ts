@@ -8,6 +8,7 @@ import {
   draAttributes,
   draDeviceName,
   MAX_DEVICES_PER_SLICE,
+  MAX_TAINTED_DEVICES_PER_SLICE,
   planSlices,
   type Slice,
   UNREACHABLE_TAINT,
@@ -246,5 +247,18 @@ describe("planSlices", () => {
     expect(planSlices(desiredSlices(devices, scope, quiet, gone), tainted)).toEqual({ apply: [], delete: [] });
     const back = planSlices(desiredSlices(devices, scope, quiet), tainted);
     expect(back.apply[0]!.spec.devices.every((d) => d.taints === undefined)).toBe(true);
+  });
+
+  it("holds at most 64 devices in each slice while any device of the pool is tainted (the apiserver refuses more)", () => {
+    const devices = Array.from({ length: 300 }, (_, i) => device(`cams-${String(i).padStart(3, "0")}`));
+    const scope = { kind: "node", nodeName: "edge-1" } as const;
+    const plain = desiredSlices(devices, scope, quiet);
+    expect(plain.map((s) => s.spec.devices.length)).toEqual([128, 128, 44]);
+    const tainted = desiredSlices(devices, scope, quiet, (d) => d === "cams-299");
+    expect(tainted.map((s) => s.spec.devices.length)).toEqual([64, 64, 64, 64, 44]);
+    expect(Math.max(...tainted.map((s) => s.spec.devices.length))).toBe(MAX_TAINTED_DEVICES_PER_SLICE);
+    expect(tainted.flatMap((s) => s.spec.devices).filter((d) => d.taints)).toHaveLength(1);
+    expect(new Set(tainted.flatMap((s) => s.spec.devices.map((d) => d.name))).size).toBe(300);
+    expect(tainted.every((s) => s.spec.pool.resourceSliceCount === 5)).toBe(true);
   });
 });

@@ -11,6 +11,8 @@ import { apiWrites, reconcileErrors } from "../observability/metrics.js";
 
 /** DRA's limits (resource.k8s.io/v1). */
 export const MAX_DEVICES_PER_SLICE = 128;
+/** A slice in which any device has taints holds at most 64 devices (the apiserver's validation). */
+export const MAX_TAINTED_DEVICES_PER_SLICE = 64;
 export const MAX_ATTRIBUTES_PER_DEVICE = 32;
 export const MAX_ATTRIBUTE_STRING = 64;
 const ATTRIBUTE_ID = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -138,7 +140,7 @@ export function publisherLabelValue(scope: SliceScope): string {
 /**
  * The slices a publisher wants, generation left at 0 (planSlices sets it): per configuration one
  * pool; a shared pool is split by node set (each slice selects its nodes by name), and every
- * slice holds at most 128 devices. Deterministic for the same devices in any order.
+ * slice holds at most 128 devices (64 while one of them is tainted). Deterministic for the same devices in any order.
  */
 export function desiredSlices(
   devices: readonly (Device & k8s.KubernetesObject)[],
@@ -184,8 +186,11 @@ export function desiredSlices(
     const chunks: { nodes: string[]; devices: DraDevice[] }[] = [];
     for (const key of [...groups.keys()].sort()) {
       const g = groups.get(key)!;
-      for (let i = 0; i < g.devices.length; i += MAX_DEVICES_PER_SLICE)
-        chunks.push({ nodes: g.nodes, devices: g.devices.slice(i, i + MAX_DEVICES_PER_SLICE) });
+      // Halved while any device of the group is tainted: the whole pool is rewritten on a change
+      // anyway (new generation), so the layout may change with it.
+      const per = g.devices.some((d) => d.taints) ? MAX_TAINTED_DEVICES_PER_SLICE : MAX_DEVICES_PER_SLICE;
+      for (let i = 0; i < g.devices.length; i += per)
+        chunks.push({ nodes: g.nodes, devices: g.devices.slice(i, i + per) });
     }
     chunks.forEach((chunk, index) => {
       out.push({

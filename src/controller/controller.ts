@@ -18,11 +18,11 @@ import {
 import { WorkQueue } from "../k8s/work-queue.js";
 import type { Logger } from "../log/logger.js";
 import { reconcileDuration, reconcileErrors, spinAppsBound } from "../observability/metrics.js";
-import { startSpan } from "../observability/tracing.js";
+import { startSpan, TRACEPARENT_ANNOTATION } from "../observability/tracing.js";
 import { ControllerDra } from "./dra.js";
 import { type ExecutorDeps, execute } from "./executor.js";
 import { type ObservedSpinApp, plan, type RawObject, type Snapshot, type WriteFailure } from "./plan.js";
-import { DSA_LABEL } from "./spin-app-builder.js";
+import { DEVICE_LABEL, DSA_LABEL } from "./spin-app-builder.js";
 
 export const FIELD_MANAGER = "spindle-controller";
 
@@ -50,6 +50,30 @@ function projectSpinApp(s: Obj): Obj {
     spec: s.spec,
     status: { readyReplicas: (s.status as { readyReplicas?: number } | undefined)?.readyReplicas },
   } as Obj;
+}
+
+const isReady = (s: Obj | undefined) =>
+  (((s?.status as { readyReplicas?: number } | undefined)?.readyReplicas ?? 0) as number) >=
+  ((s?.spec as { replicas?: number } | undefined)?.replicas ?? 1);
+
+/**
+ * A SpinApp whose pods just became ready ends its trace: a "SpinApp ready" span, child of the
+ * context its apply left on it. Only a transition seen on the watch counts (not the first list,
+ * so a controller restart does not repeat it); it informs traces, never decisions.
+ */
+function traceReady(app: Obj, before: Obj | undefined): void {
+  const parent = app.metadata?.annotations?.[TRACEPARENT_ANNOTATION];
+  if (!parent || !before || isReady(before) || !isReady(app)) return;
+  const { namespace, name, labels } = app.metadata ?? {};
+  startSpan("SpinApp ready", {
+    kind: "consumer",
+    parent,
+    attributes: {
+      "spindle.spinapp": `${namespace}/${name}`,
+      "spindle.device": labels?.[DEVICE_LABEL],
+      "spindle.ready_replicas": (app.status as { readyReplicas?: number }).readyReplicas,
+    },
+  }).end();
 }
 
 /** The controller needs only which Nodes exist, and which external handlers their agents have. */
@@ -106,7 +130,19 @@ export class Controller {
     this.caches = {
       devices: new Cache(kc, { type: DEVICES, onChange }, log),
       dsas: new Cache(kc, { type: DEVICE_SPIN_APPS, onChange }, log),
-      spinApps: new Cache(kc, { type: SPIN_APPS, labelSelector: DSA_LABEL, project: projectSpinApp, onChange }, log),
+      spinApps: new Cache(
+        kc,
+        {
+          type: SPIN_APPS,
+          labelSelector: DSA_LABEL,
+          project: projectSpinApp,
+          onChange: (app, _verb, before) => {
+            traceReady(app, before);
+            onChange();
+          },
+        },
+        log,
+      ),
       configs: new Cache(kc, { type: DEVICE_CONFIGURATIONS, onChange }, log),
       nodes: new Cache(kc, { type: NODES, project: projectNode, onChange }, log),
     };

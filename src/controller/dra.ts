@@ -212,7 +212,8 @@ export class ControllerDra {
 
   /** Brings DeviceClasses and shared slices to what the Devices and configurations want. */
   async reconcile(): Promise<number> {
-    if (!this.classes?.synced) return 0;
+    const classes = this.classes;
+    if (!classes?.synced) return 0;
     const wantMapping = this.options.placement !== "node-resources" && !this.mappingOff;
     const desired =
       this.options.placement === "node-resources"
@@ -224,15 +225,20 @@ export class ControllerDra {
           );
     let writes = 0;
     const wanted = new Set<string>();
+    const applies: typeof desired = [];
     for (const c of desired) {
       wanted.add(c.metadata!.name!);
-      const have = this.classes.get(c.metadata!.name!);
-      if (have && sameClass(have, c)) continue;
+      const have = classes.get(c.metadata!.name!);
+      if (!have || !sameClass(have, c)) applies.push(c);
+    }
+    // A few writes in flight (on the pool's keep-alive sockets): 10,000 Devices mean 10,000
+    // classes, which one at a time take a round trip each.
+    await inParallel(applies, CLASS_WRITES_IN_FLIGHT, async (c) => {
       const applied = await this.client.apply(c, true, { signal: this.options.signal });
       apiWrites.inc({ resource: "deviceclasses", verb: "apply" });
       writes++;
-      this.classes.observeWrite(projectClass(applied));
-      if (c.spec?.extendedResourceName && !applied.spec?.extendedResourceName) {
+      classes.observeWrite(projectClass(applied));
+      if (c.spec?.extendedResourceName && !applied.spec?.extendedResourceName && !this.mappingOff) {
         this.mappingOff = true;
         const message =
           "the apiserver dropped DeviceClass.spec.extendedResourceName (DRAExtendedResource is off): placing SpinApps through node extended resources";
@@ -240,9 +246,9 @@ export class ControllerDra {
         else this.log.warn(message);
         this.options.onChange();
       }
-    }
-    for (const c of this.classes.list()) {
-      if (wanted.has(c.metadata!.name!)) continue;
+    });
+    const gone = classes.list().filter((c) => !wanted.has(c.metadata!.name!));
+    await inParallel(gone, CLASS_WRITES_IN_FLIGHT, async (c) => {
       try {
         await this.client.delete(
           c.metadata!.name!,
@@ -255,8 +261,8 @@ export class ControllerDra {
       }
       apiWrites.inc({ resource: "deviceclasses", verb: "delete" });
       writes++;
-      this.classes.observeDelete(c.metadata!.name!);
-    }
+      classes.observeDelete(c.metadata!.name!);
+    });
     this.shared?.sync();
     return writes;
   }
@@ -268,4 +274,24 @@ export class ControllerDra {
   async stop(): Promise<void> {
     await Promise.all([this.classes?.stop(), this.shared?.stop()]);
   }
+}
+
+const CLASS_WRITES_IN_FLIGHT = 8;
+
+/** Runs `work` over `items`, at most `limit` at a time; the first failure is thrown after the rest settle. */
+async function inParallel<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const worker = async () => {
+    while (next < items.length && failure === undefined) {
+      const item = items[next++]!;
+      try {
+        await work(item);
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure !== undefined) throw failure;
 }

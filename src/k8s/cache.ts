@@ -15,8 +15,8 @@ export interface CacheOptions<T extends Obj> {
   fieldSelector?: string;
   /** What the cache keeps of each object; by default everything but `managedFields`. */
   project?: (obj: T) => T;
-  /** Told of every change, after the store holds it; reconcilers only queue work here. */
-  onChange?: (obj: T, verb: ChangeVerb) => void;
+  /** Told of every change, after the store holds it (`before`: what it held); reconcilers only queue work here. */
+  onChange?: (obj: T, verb: ChangeVerb, before?: T) => void;
   pageSize?: number;
 }
 
@@ -191,7 +191,7 @@ export class Cache<T extends Obj> {
       for (const [key, obj] of fresh) {
         const before = old.get(key);
         if (!before) onChange(obj, "add");
-        else if (before.metadata?.resourceVersion !== obj.metadata?.resourceVersion) onChange(obj, "update");
+        else if (before.metadata?.resourceVersion !== obj.metadata?.resourceVersion) onChange(obj, "update", before);
       }
       for (const [key, obj] of old) if (!fresh.has(key)) onChange(obj, "delete");
     }
@@ -274,7 +274,7 @@ export class Cache<T extends Obj> {
     // An event older than our own write's answer (observeWrite) changes nothing.
     if (cached && !newer(rv, cached.metadata?.resourceVersion)) return undefined;
     this.store.set(key, obj);
-    this.options.onChange?.(obj, cached ? "update" : "add");
+    this.options.onChange?.(obj, cached ? "update" : "add", cached);
     return undefined;
   }
 }

@@ -19,7 +19,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, existsSync, openSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
-import { loadavg, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { pino } from "pino";
@@ -31,31 +31,11 @@ import { build } from "../../scripts/build.js";
 import { DEVICE_CONFIGURATIONS, ResourceClient } from "../../src/k8s/resources.js";
 import { ControlPlane } from "../../src/sandbox/control-plane.js";
 import { freePort } from "../../src/sandbox/processes.js";
+import { percentile, report, sleep, until } from "./common.js";
 
 const SAMPLES = Number(process.env.BENCH_EXTERNAL_SAMPLES ?? 50);
 const BACKGROUND = Number(process.env.BENCH_EXTERNAL_DEVICES ?? 100);
 const SCRATCH_DIST = resolve(import.meta.dirname, "../../node_modules/.cache/spindle-bench-external/dist");
-
-// report/percentile/until as in usb.ts (those benches export nothing to share).
-function report(figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
-  const load1 = Math.round(loadavg()[0]! * 10) / 10;
-  process.stdout.write(`${JSON.stringify({ figure, value: Math.round(value * 100) / 100, unit, ...extra, load1 })}\n`);
-}
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
 
 const background: RawDevice[] = Array.from({ length: BACKGROUND }, (_, i) => ({
   id: `bg-${i}`,

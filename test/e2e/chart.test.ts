@@ -192,6 +192,14 @@ function processOf(
   fields: Record<string, string>,
 ): { args: string[]; env: Record<string, string> } {
   const env: Record<string, string> = {};
+  // The pod's own identity, as the kubelet fills it in (used only for OTel resource attributes).
+  fields = {
+    "metadata.uid": "7d4c9a2e-1b3f-4e5a-9c8d-0f1e2d3c4b5a",
+    "metadata.name": "spindle-pod",
+    "metadata.namespace": "spindle",
+    "spec.nodeName": "control-plane",
+    ...fields,
+  };
   for (const e of container.env ?? []) {
     if (e.value !== undefined) env[e.name] = e.value;
     else if (e.valueFrom?.fieldRef) {
@@ -251,6 +259,11 @@ describe("Helm chart charts/spindle: lint, render, server-side dry run", () => {
       configMapRefs: [{ namespace: ns.name, name: "mqtt-settings" }],
       resources: { requests: { cpu: "10m", memory: "64Mi" }, limits: { memory: "256Mi" } },
       priorityClassName: "system-node-critical",
+      kubeletPlugin: { enabled: false },
+    },
+    otel: {
+      endpoint: "http://otel-collector.observability:4318",
+      env: { OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" },
     },
     controller: {
       replicas: 3,
@@ -313,7 +326,24 @@ describe("Helm chart charts/spindle: lint, render, server-side dry run", () => {
     expect(pod.volumes?.find((v) => v.name === "sys")?.hostPath).toEqual({ path: "/sys", type: "Directory" });
     expect(container.volumeMounts).toContainEqual({ name: "sys", mountPath: "/sys", readOnly: true });
     expect(container.volumeMounts).toContainEqual({ name: "dev-bus-usb", mountPath: "/dev/bus/usb", readOnly: true });
-    expect(container.volumeMounts?.filter((m) => m.name !== "tmp").every((m) => m.readOnly)).toBe(true);
+    // Writable: the scratch dir, and the kubelet plugin's two socket directories (nothing else of the kubelet's).
+    const writable = ["tmp", "kubelet-plugins-registry", "kubelet-plugin"];
+    expect(container.volumeMounts?.filter((m) => !writable.includes(m.name)).every((m) => m.readOnly)).toBe(true);
+    expect(pod.volumes?.find((v) => v.name === "kubelet-plugins-registry")?.hostPath?.path).toBe(
+      "/var/lib/kubelet/plugins_registry",
+    );
+    expect(pod.volumes?.find((v) => v.name === "kubelet-plugin")?.hostPath?.path).toBe(
+      "/var/lib/kubelet/plugins/spindle.dev",
+    );
+    expect(env.SPINDLE_KUBELET_DIR).toBe("/var/lib/kubelet");
+    // The kubelet's directories belong to root: uid 0 there, with every capability still dropped.
+    expect(container.securityContext).toMatchObject({
+      runAsUser: 0,
+      runAsNonRoot: false,
+      capabilities: { drop: ["ALL"] },
+    });
+    // No exporter configured: no OTEL_* variable at all.
+    expect(Object.keys(env).filter((k) => k.startsWith("OTEL_"))).toEqual([]);
     expect(container.livenessProbe?.httpGet).toEqual({ path: "/healthz", port: "http" });
     expect(container.readinessProbe?.httpGet).toEqual({ path: "/readyz", port: "http" });
     expect(container.ports).toEqual([{ name: "http", containerPort: 9090, protocol: "TCP" }]);
@@ -377,11 +407,24 @@ describe("Helm chart charts/spindle: lint, render, server-side dry run", () => {
       limits: { cpu: "500m", memory: "256Mi" }, // the default cpu limit stays, as Helm merges maps
     });
     expect(pod.volumes?.map((v) => v.name)).not.toContain("dev-bus-usb");
+    // Without the kubelet plugin: no kubelet directory, and the agent stays uid 65532.
+    expect(pod.volumes?.map((v) => v.name)).not.toContain("kubelet-plugins-registry");
+    expect(container.securityContext?.runAsUser).toBeUndefined();
+    expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65532 });
+    const otelEnv = {
+      OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector.observability:4318",
+      OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+      OTEL_TRACES_SAMPLER_ARG: "0.1",
+    };
+    expect(processOf(container, { "spec.nodeName": "n" }).env).toMatchObject(otelEnv);
 
     const deployment = only<Workload>(objects, "Deployment");
     expect(deployment.spec.replicas).toBe(3);
     const cpod = deployment.spec.template.spec;
     expect(cpod.tolerations).toEqual(values.controller.tolerations);
+    expect(processOf(cpod.containers[0]!, { "metadata.namespace": ns.name, "metadata.name": "c" }).env).toMatchObject(
+      otelEnv,
+    );
     expect(cpod.nodeSelector).toEqual({ "kubernetes.io/os": "linux", ...values.controller.nodeSelector });
     expect(cpod.containers[0]!.args).toEqual(
       expect.arrayContaining(["--lease-name", "spindle-leader", "--lease-seconds", "30"]),
@@ -674,6 +717,7 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
     const agentProc = processOf(daemonSet.spec.template.spec.containers[0]!, { "spec.nodeName": "edge-1" });
     agent = await SpindleProcess.start(`chart-agent-${suffix}`, agentProc.args, {
       ...agentProc.env,
+      SPINDLE_KUBELET_DIR: join(workDir, "kubelet-edge-1"), // the chart's hostPath, here a scratch dir
       SPINDLE_HTTP_ADDRESS: "",
       KUBECONFIG: agentKubeconfig,
     });
@@ -706,6 +750,19 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
       expect(await whoAmI(inject("kubectl"), file)).toBe(serviceAccountUser(ns.name, sa));
     }
     expect(agent.args).toEqual(["agent"]);
+    // The chart turns the DRA kubelet plugin on: its two sockets are where the kubelet looks.
+    const kubeletDir = join(workDir, "kubelet-edge-1");
+    await eventually("the kubelet plugin's sockets", async () => {
+      const kinds = await Promise.all(
+        ["plugins_registry/spindle.dev-reg.sock", "plugins/spindle.dev/dra.sock"].map((f) =>
+          stat(join(kubeletDir, f)).then(
+            (s) => s.isSocket(),
+            () => false,
+          ),
+        ),
+      );
+      return kinds.every(Boolean) || undefined;
+    });
     expect(controller.args).toEqual(
       expect.arrayContaining(["controller", "--lease-namespace", ns.name, "--identity", `${release}-controller-0`]),
     );
@@ -816,6 +873,7 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
     const proc = processOf(daemonSet.spec.template.spec.containers[0]!, { "spec.nodeName": goneNode });
     const second = await SpindleProcess.start(`chart-agent-gone-${suffix}`, proc.args, {
       ...proc.env,
+      SPINDLE_KUBELET_DIR: join(workDir, `kubelet-${goneNode}`),
       SPINDLE_HTTP_ADDRESS: "",
       KUBECONFIG: (await podBoundKubeconfig(kc, inject("kubeconfig"), ns.name, agentSa, goneNode, workDir)).kubeconfig,
     });
@@ -893,6 +951,10 @@ describe("chart RBAC: enough for the real agent and controller, and no more", ()
       [{ verb: "create", resource: "events", namespace: "default" }, true],
       [{ verb: "get", resource: "secrets/usb-token", namespace: ns.name }, true],
       [{ verb: "get", resource: "configmaps/usb-settings", namespace: ns.name }, true],
+      // The DRA kubelet plugin reads the claims it prepares; nothing else of them.
+      [{ verb: "get", resource: "resourceclaims.resource.k8s.io", namespace: other }, true],
+      [{ verb: "list", resource: "resourceclaims.resource.k8s.io", namespace: other }, false],
+      [{ verb: "patch", resource: "resourceclaims.resource.k8s.io", namespace: other }, false],
       // No more:
       [{ verb: "*", resource: "*" }, false],
       [{ verb: "create", resource: "spinapps.core.spinkube.dev", namespace: ns.name }, false],

@@ -198,6 +198,13 @@ describe("OpenTelemetry: one trace from the device's discovery to its SpinApp", 
       traceId: apply.traceId,
       spanId: apply.spanId,
     });
+    // The trace ends when the app's Deployment is ready: a child of the apply, from the SpinApp's status.
+    const ready = await eventually("the SpinApp ready span", async () =>
+      spans().find((s) => s.name === "SpinApp ready" && s.attributes["spindle.device"] === name),
+    );
+    expect(ready.traceId).toBe(discovery.traceId);
+    expect(ready.parentSpanId, "SpinApp ready is a child of its apply").toBe(apply.spanId);
+    expect(ready.attributes["spindle.ready_replicas"]).toBe(1);
     process.stdout.write(`\n${formatTrace(spans(), discovery.traceId)}\n\n`);
   });
 

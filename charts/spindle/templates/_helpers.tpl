@@ -93,3 +93,15 @@ Each namespace gets one Role whose rules name exactly these objects.
 {{- end }}
 {{- toYaml $byNamespace }}
 {{- end }}
+
+{{/* OTEL_* env of agent and controller: nothing while otel.endpoint is empty. */}}
+{{- define "spindle.otelEnv" -}}
+{{- if .Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.otel.endpoint | quote }}
+{{- range $name, $value := .Values.otel.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
