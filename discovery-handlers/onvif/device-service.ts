@@ -1,6 +1,6 @@
 import http from "node:http";
 import https from "node:https";
-import onvif from "onvif";
+import type onvifModule from "onvif";
 import { attribute, children, escapeXml, parseXml, shortError, text, type XmlNode, path as xmlPath } from "./xml.js";
 
 /**
@@ -164,6 +164,9 @@ interface CamLike {
 
 const AUTH_TEXT = /not ?authori[sz]ed|unauthori[sz]ed|authentication failed|access denied|forbidden/i;
 
+// The onvif package (and its XML stack) loads with the first camera read, not with the agent.
+let onvif: typeof onvifModule | undefined;
+
 class Session {
   private readonly agent: http.Agent;
   private readonly cam: CamLike;
@@ -181,7 +184,7 @@ class Session {
       onViolation: (reason) => this.pending?.(new CameraCallError("too-large", "response", reason)),
     });
     const credentials = options.credentials;
-    this.cam = new onvif.Cam({
+    this.cam = new onvif!.Cam({
       hostname: url.hostname.replace(/^\[|\]$/g, ""),
       port: url.port ? Number(url.port) : secure ? 443 : 80,
       path: `${url.pathname}${url.search}`,
@@ -385,6 +388,7 @@ export async function readCamera(options: ReadCameraOptions): Promise<CameraRead
   const hasCredentials = Boolean(options.credentials?.username);
   const problems: string[] = [];
   const max = options.maxResponseBytes;
+  onvif ??= (await import("onvif")).default;
   const session = new Session(url, options);
   /** A step whose failure is recorded and skipped, unless the camera stopped answering (or, with stopOnAuth, refused us). */
   const optional = async (run: () => Promise<void>, stopOnAuth = false) => {

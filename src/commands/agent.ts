@@ -5,6 +5,7 @@ import { parsePlacement } from "../k8s/dra.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
 import { startTracing } from "../observability/tracing.js";
+import { startSettledGc } from "../runtime/settled-gc.js";
 import { untilSignal } from "./signals.js";
 
 export interface AgentCommandOptions {
@@ -33,6 +34,8 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
   const handlers = enabled ? new Map([...HANDLERS].filter(([name]) => enabled.includes(name))) : HANDLERS;
   const log = createLogger("spindle-agent");
   // Loads the OpenTelemetry SDK only when OTEL_* configures an exporter.
+  // One full GC after each burst of work: V8 would otherwise keep its garbage as RSS for good.
+  startSettledGc();
   const stopTracing = await startTracing("spindle-agent", log, { nodeName });
   const disabled = new Set([...HANDLERS.keys()].filter((h) => !handlers.has(h)));
   // gRPC is loaded only when external handlers are served: agents without them do not pay its memory.

@@ -7,6 +7,7 @@ import { LeaderElection } from "../k8s/leader-election.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
 import { startTracing } from "../observability/tracing.js";
+import { startSettledGc } from "../runtime/settled-gc.js";
 import { untilSignal } from "./signals.js";
 
 export interface ControllerCommandOptions {
@@ -29,6 +30,8 @@ function aborted(signal: AbortSignal): Promise<void> {
 export async function controllerCommand(options: ControllerCommandOptions): Promise<void> {
   const log = createLogger("spindle-controller");
   // Loads the OpenTelemetry SDK only when OTEL_* configures an exporter.
+  // One full GC after each burst of work: V8 would otherwise keep its garbage as RSS for good.
+  startSettledGc();
   const stopTracing = await startTracing("spindle-controller", log);
   const kc = loadKubeConfig(options.kubeconfig);
   const identity = options.identity ?? `${hostname()}-${process.pid}`;

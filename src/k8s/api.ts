@@ -1,5 +1,6 @@
 import { Agent, request as httpsRequest, type RequestOptions } from "node:https";
 import type { KubeConfig } from "@kubernetes/client-node";
+import { noteWork } from "../runtime/settled-gc.js";
 
 /** A failed API call: the HTTP status and the apiserver's Status body. */
 export class ApiError extends Error {
@@ -118,6 +119,7 @@ export class Api {
   /** One call; resolves with the parsed JSON body, rejects with ApiError on a status >= 300. */
   async request<T>(method: string, path: string, init: RequestInit = {}): Promise<T> {
     const options = await this.options(method, path, init);
+    noteWork();
     const payload = init.body === undefined ? undefined : Buffer.from(JSON.stringify(init.body));
     // A sized body, not a chunked one: some proxies refuse a chunked DELETE.
     if (payload) (options.headers as Record<string, string | number>)["Content-Length"] = payload.length;

@@ -1,5 +1,6 @@
 import type * as k8s from "@kubernetes/client-node";
 import type { Logger } from "../log/logger.js";
+import { noteWork } from "../runtime/settled-gc.js";
 import { Api, ApiError, type WatchEvent } from "./api.js";
 import { collectionPath, type ResourceType } from "./resources.js";
 
@@ -255,6 +256,7 @@ export class Cache<T extends Obj> {
   }
 
   private apply(event: WatchEvent<T>): "gone" | undefined {
+    noteWork();
     if (event.type === "ERROR") {
       const status = event.object as unknown as { code?: number; message?: string };
       if (status.code === 410) return "gone";

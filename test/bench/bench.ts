@@ -334,6 +334,16 @@ async function main(): Promise<void> {
     report("agent_cpu_steady", ((cpuSeconds(agent.pid!) - cpuBefore) / 60) * 100, "% of one core", {
       devices: SCALE + 100,
     });
+    // RSS again after the quiet minute: steady state, not the tail of the cold start.
+    report("agent_rss_steady", rssMiB(agent.pid!), "MiB", {
+      devices: SCALE + 100,
+      heap_used_mib: Math.round(await heapMiB(agentPort)),
+    });
+    report("controller_rss_steady", rssMiB(controller.pid!), "MiB", {
+      devices: SCALE + 100,
+      spinApps: SCALE + 50,
+      heap_used_mib: Math.round(await heapMiB(controllerPort)),
+    });
 
     devices.stop();
     spinApps.stop();

@@ -156,7 +156,7 @@ describe("DRA: 10,000 devices on one node", () => {
   it(
     "places a SpinApp for the last of them through a claim allocating exactly that device",
     async () => {
-      const lastDevice = (await ours()).find((d) => d.spec.id === idOf(COUNT - 1))!;
+      const lastDevice = (await ours()).find((d) => d.spec.properties.PLC_SERIAL === `S${COUNT - 1}`)!;
       const name = lastDevice.metadata!.name!;
       const cls = await eventually(
         "its DeviceClass",

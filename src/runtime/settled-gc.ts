@@ -1,0 +1,83 @@
+/**
+ * One full garbage collection once a burst of work has settled. After a burst (a cold start of
+ * a thousand devices, a relist) V8 leaves tens of MiB of dead objects in the old generation:
+ * with nothing allocating afterwards no major GC comes, and that garbage stays in RSS for good.
+ * Measured on the agent at 1,100 devices: 20-29 MiB of RSS, for one ~10 ms pause per burst.
+ * A tight --max-old-space-size would force the same, at 20-30x the CPU near the cap.
+ */
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+
+export interface SettledGcOptions {
+  /** Quiet this long after the last work, then collect (default 2 s). */
+  quietMs?: number;
+  /** Collect only after at least this much work since the last collection (default 500). */
+  minWork?: number;
+  /** The collector; default V8's own, exposed at run time. */
+  gc?: () => void;
+}
+
+let active: SettledGc | undefined;
+
+export class SettledGc {
+  /** Start-up is a burst of its own (modules loaded, first lists): the first quiet collects. */
+  private work: number;
+  private timer: NodeJS.Timeout | undefined;
+  collections = 0;
+
+  constructor(private options: Required<SettledGcOptions>) {
+    this.work = options.minWork;
+  }
+
+  note(units = 1): void {
+    this.work += units;
+    if (this.timer) this.timer.refresh();
+    else {
+      this.timer = setTimeout(() => this.settled(), this.options.quietMs);
+      this.timer.unref();
+    }
+  }
+
+  private settled(): void {
+    this.timer = undefined;
+    if (this.work < this.options.minWork) return;
+    this.work = 0;
+    this.collections++;
+    this.options.gc();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
+
+/** V8's full collector, exposed at run time; undefined where the flag cannot be set. */
+function v8Gc(): (() => void) | undefined {
+  try {
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as unknown;
+    return typeof gc === "function" ? (gc as () => void) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Turns it on for this process (the agent and controller commands). */
+export function startSettledGc(options: SettledGcOptions = {}): SettledGc | undefined {
+  const gc = options.gc ?? v8Gc();
+  if (!gc) return undefined;
+  active?.stop();
+  active = new SettledGc({ quietMs: options.quietMs ?? 2000, minWork: options.minWork ?? 500, gc });
+  return active;
+}
+
+export function stopSettledGc(): void {
+  active?.stop();
+  active = undefined;
+}
+
+/** Work was done (an API request, a watch event): counts towards the next collection. No-op when off. */
+export function noteWork(units = 1): void {
+  active?.note(units);
+}
