@@ -164,9 +164,12 @@ describe("OpenTelemetry: one trace from the device's discovery to its SpinApp", 
       "spindle.spinapp": `${ns.name}/${app.metadata!.name}`,
       "spindle.create": true,
     });
-    // The reconcile that wrote it is a link (its own trace).
-    const reconcile = spans().find((s) => s.name === "reconcile" && apply.links.some((l) => l.spanId === s.spanId));
-    expect(reconcile, "apply SpinApp links to its reconcile").toBeDefined();
+    // The reconcile that wrote it is a link (its own trace). It ends, and is exported, after the apply
+    // it links from: wait for it.
+    const reconcile = await eventually("the reconcile that applied it", async () =>
+      spans().find((s) => s.name === "reconcile" && apply.links.some((l) => l.spanId === s.spanId)),
+    );
+    expect(reconcile.name).toBe("reconcile");
 
     expect(discovery.resource).toMatchObject({
       "service.name": "spindle-agent",
@@ -203,8 +206,14 @@ describe("OpenTelemetry: one trace from the device's discovery to its SpinApp", 
       spans().find((s) => s.name === "SpinApp ready" && s.attributes["spindle.device"] === name),
     );
     expect(ready.traceId).toBe(discovery.traceId);
-    expect(ready.parentSpanId, "SpinApp ready is a child of its apply").toBe(apply.spanId);
-    expect(ready.attributes["spindle.ready_replicas"]).toBe(1);
+    // A child of the apply whose context the SpinApp carried when it became ready (the first,
+    // or a later apply in the same trace).
+    const applies = spans().filter((s) => s.name === "apply SpinApp" && s.attributes["spindle.device"] === name);
+    expect(
+      applies.map((s) => s.spanId),
+      "SpinApp ready is a child of an apply of it",
+    ).toContain(ready.parentSpanId);
+    expect(ready.attributes["spindle.ready_replicas"]).toBeGreaterThanOrEqual(1);
     process.stdout.write(`\n${formatTrace(spans(), discovery.traceId)}\n\n`);
   });
 
