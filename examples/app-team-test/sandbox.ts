@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { SpindleCluster } from "spindle/testing";
 import { inject } from "vitest";
-import { loadKubeConfig } from "../../src/k8s/client.js";
+import { loadClientNodeConfig } from "../../src/sandbox/client-node.js";
 import { testNamespace } from "../../test/e2e/cluster.js";
 import { SpindleProcess } from "../../test/e2e/spindle-process.js";
 
@@ -22,7 +22,7 @@ export async function sandboxWithSpindle(): Promise<{
   const agent = await SpindleProcess.agent("edge-1", ["--handlers", "onvif"]);
   const controller = await SpindleProcess.start("controller-app-team", ["controller", "--lease-namespace", ns.name]);
   return {
-    cluster: new SpindleCluster(loadKubeConfig(inject("kubeconfig"))),
+    cluster: new SpindleCluster(loadClientNodeConfig(inject("kubeconfig"))),
     namespace: ns.name,
     run: randomBytes(3).toString("hex"),
     stop: async () => {

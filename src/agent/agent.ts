@@ -12,6 +12,7 @@ import { Api, ApiError } from "../k8s/api.js";
 import { Cache, sleep } from "../k8s/cache.js";
 import { DRIVER, type PlacementOption } from "../k8s/dra.js";
 import { EventRecorder } from "../k8s/events.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import { apiVersionOf, DEVICE_CONFIGURATIONS, NODES, objectPath } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
 import { DevicePublisher } from "./device-publisher.js";
@@ -28,7 +29,7 @@ interface DiscoveryRun {
 }
 
 export interface AgentOptions {
-  kc: k8s.KubeConfig;
+  kc: ClusterAccess;
   nodeName: string;
   handlers: ReadonlyMap<string, DiscoveryHandler<unknown>>;
   /** Handlers that exist but are switched off on this node: their configurations are skipped quietly. */

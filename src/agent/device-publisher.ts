@@ -6,6 +6,7 @@ import type { DeviceConfiguration } from "../api/device-configuration.js";
 import { Cache } from "../k8s/cache.js";
 import { statusCode } from "../k8s/client.js";
 import type { EventRecorder } from "../k8s/events.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, NODES, ResourceClient } from "../k8s/resources.js";
 import { WorkQueue } from "../k8s/work-queue.js";
 import type { Logger } from "../log/logger.js";
@@ -100,7 +101,7 @@ export class DevicePublisher {
   private advertiseAgain = false;
 
   constructor(
-    kc: k8s.KubeConfig,
+    kc: ClusterAccess,
     readonly nodeName: string,
     private log: Logger,
     private events: EventRecorder,

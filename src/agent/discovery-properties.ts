@@ -1,6 +1,8 @@
-import * as k8s from "@kubernetes/client-node";
+import type * as k8s from "@kubernetes/client-node";
 import type { DiscoveryProperty } from "../api/device-configuration.js";
+import { Api } from "../k8s/api.js";
 import { statusCode } from "../k8s/client.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
 
 /**
  * Resolves a configuration's discoveryProperties: inline values as they are, valueFrom from the
@@ -8,10 +10,15 @@ import { statusCode } from "../k8s/client.js";
  * its value).
  */
 export async function resolveDiscoveryProperties(
-  kc: k8s.KubeConfig,
+  kc: ClusterAccess,
   properties: DiscoveryProperty[],
 ): Promise<Record<string, string>> {
-  const core = kc.makeApiClient(k8s.CoreV1Api);
+  const api = Api.for(kc);
+  const read = <T>(kind: string, ref: { namespace: string; name: string }) =>
+    api.request<T>(
+      "GET",
+      `/api/v1/namespaces/${encodeURIComponent(ref.namespace)}/${kind}/${encodeURIComponent(ref.name)}`,
+    );
   const out: Record<string, string> = {};
   for (const p of properties) {
     if (p.value !== undefined) {
@@ -26,11 +33,11 @@ export async function resolveDiscoveryProperties(
     let value: string | undefined;
     try {
       if (secretRef) {
-        const secret = await core.readNamespacedSecret({ name: ref.name, namespace: ref.namespace });
+        const secret = await read<k8s.V1Secret>("secrets", ref);
         const data = secret.data?.[ref.key];
         value = data === undefined ? secret.stringData?.[ref.key] : Buffer.from(data, "base64").toString("utf8");
       } else {
-        const map = await core.readNamespacedConfigMap({ name: ref.name, namespace: ref.namespace });
+        const map = await read<k8s.V1ConfigMap>("configmaps", ref);
         value = map.data?.[ref.key];
       }
     } catch (err) {

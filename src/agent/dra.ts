@@ -11,12 +11,13 @@ import {
   type PlacementOption,
   placementFromClasses,
 } from "../k8s/dra.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import { ResourceClient } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
 import { ResourceSlicePublisher } from "./resource-slices.js";
 
 export interface AgentDraOptions {
-  kc: k8s.KubeConfig;
+  kc: ClusterAccess;
   nodeName: string;
   fieldManager: string;
   placement: PlacementOption;

@@ -1,6 +1,7 @@
 import type * as k8s from "@kubernetes/client-node";
 import type { DiscoveryProperty } from "../api/device-configuration.js";
 import { Cache } from "../k8s/cache.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import type { ResourceType } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
 
@@ -29,7 +30,7 @@ export class ReferenceWatch {
   private caches: Cache<k8s.KubernetesObject>[] = [];
   private synced = false;
 
-  constructor(kc: k8s.KubeConfig, properties: DiscoveryProperty[], log: Logger, onChange: () => void) {
+  constructor(kc: ClusterAccess, properties: DiscoveryProperty[], log: Logger, onChange: () => void) {
     const seen = new Set<string>();
     for (const p of properties) {
       const secret = p.valueFrom?.secretKeyRef;

@@ -4,6 +4,7 @@ import type { Device } from "../api/device.js";
 import { Cache } from "../k8s/cache.js";
 import { statusCode } from "../k8s/client.js";
 import { DRIVER, MANAGED_LABEL, RESOURCE_SLICES } from "../k8s/dra.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import { ResourceClient, type WriteOptions } from "../k8s/resources.js";
 import { WorkQueue } from "../k8s/work-queue.js";
 import type { Logger } from "../log/logger.js";
@@ -346,7 +347,7 @@ export class ResourceSlicePublisher {
   writes = 0;
 
   constructor(
-    kc: k8s.KubeConfig,
+    kc: ClusterAccess,
     private options: SlicePublisherOptions,
     private log: Logger,
   ) {

@@ -1,7 +1,7 @@
 import { HANDLERS } from "../../discovery-handlers/index.js";
 import { Agent } from "../agent/agent.js";
-import { loadKubeConfig } from "../k8s/client.js";
 import { parsePlacement } from "../k8s/dra.js";
+import { loadKubeConfig } from "../k8s/kubeconfig.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
 import { startTracing } from "../observability/tracing.js";
@@ -53,7 +53,7 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
       })
     : undefined;
   const agent = new Agent({
-    kc: loadKubeConfig(options.kubeconfig),
+    kc: await loadKubeConfig(options.kubeconfig),
     nodeName,
     handlers,
     disabled,

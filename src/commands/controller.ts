@@ -1,8 +1,8 @@
 import type { Server } from "node:http";
 import { hostname } from "node:os";
 import { Controller } from "../controller/controller.js";
-import { loadKubeConfig } from "../k8s/client.js";
 import { parsePlacement } from "../k8s/dra.js";
+import { loadKubeConfig } from "../k8s/kubeconfig.js";
 import { LeaderElection } from "../k8s/leader-election.js";
 import { createLogger } from "../log/logger.js";
 import { startHttpServer } from "../observability/http-server.js";
@@ -33,7 +33,7 @@ export async function controllerCommand(options: ControllerCommandOptions): Prom
   // One full GC after each burst of work: V8 would otherwise keep its garbage as RSS for good.
   startSettledGc();
   const stopTracing = await startTracing("spindle-controller", log);
-  const kc = loadKubeConfig(options.kubeconfig);
+  const kc = await loadKubeConfig(options.kubeconfig);
   const identity = options.identity ?? `${hostname()}-${process.pid}`;
   const placement = parsePlacement(options.placement);
   const leaseSeconds = Number(options.leaseSeconds);

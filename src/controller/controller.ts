@@ -6,6 +6,7 @@ import { EXTERNAL_HANDLERS_ANNOTATION } from "../api/device-configuration.js";
 import { Cache } from "../k8s/cache.js";
 import type { PlacementOption } from "../k8s/dra.js";
 import { EventRecorder } from "../k8s/events.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import {
   apiVersionOf,
   DEVICE_CONFIGURATIONS,
@@ -113,7 +114,7 @@ export class Controller {
   reconciles = 0;
 
   constructor(
-    private kc: k8s.KubeConfig,
+    private kc: ClusterAccess,
     private log: Logger,
     signal?: AbortSignal,
     placement: PlacementOption = "auto",

@@ -14,6 +14,7 @@ import {
   type PlacementOption,
   placementFromClasses,
 } from "../k8s/dra.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, ResourceClient } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
 import { apiWrites } from "../observability/metrics.js";
@@ -162,7 +163,7 @@ export class ControllerDra {
   served = false;
 
   constructor(
-    private kc: k8s.KubeConfig,
+    private kc: ClusterAccess,
     private options: ControllerDraOptions,
     private log: Logger,
   ) {

@@ -1,6 +1,6 @@
 import { Agent, request as httpsRequest, type RequestOptions } from "node:https";
-import type { KubeConfig } from "@kubernetes/client-node";
 import { noteWork } from "../runtime/settled-gc.js";
+import type { ClusterAccess } from "./kubeconfig.js";
 
 /** A failed API call: the HTTP status and the apiserver's Status body. */
 export class ApiError extends Error {
@@ -57,18 +57,18 @@ export type WatchEvent<T> = { type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK
  * call (tokens, client certificates, exec plugins refresh as client-node does them).
  */
 export class Api {
-  private static byConfig = new WeakMap<KubeConfig, Api>();
+  private static byConfig = new WeakMap<ClusterAccess, Api>();
   private agent: Agent | undefined;
   private server: URL;
 
-  private constructor(private kc: KubeConfig) {
+  private constructor(private kc: ClusterAccess) {
     const cluster = kc.getCurrentCluster();
     if (!cluster) throw new Error("kubeconfig has no current cluster");
     this.server = new URL(cluster.server);
     if (this.server.protocol !== "https:") throw new Error(`only https API servers are supported: ${cluster.server}`);
   }
 
-  static for(kc: KubeConfig): Api {
+  static for(kc: ClusterAccess): Api {
     let api = Api.byConfig.get(kc);
     if (!api) {
       api = new Api(kc);

@@ -2,6 +2,7 @@ import type * as k8s from "@kubernetes/client-node";
 import type { Logger } from "../log/logger.js";
 import { noteWork } from "../runtime/settled-gc.js";
 import { Api, ApiError, type WatchEvent } from "./api.js";
+import type { ClusterAccess } from "./kubeconfig.js";
 import { collectionPath, type ResourceType } from "./resources.js";
 
 type Obj = k8s.KubernetesObject;
@@ -61,7 +62,7 @@ export class Cache<T extends Obj> {
   failures = 0;
 
   constructor(
-    kc: k8s.KubeConfig,
+    kc: ClusterAccess,
     private options: CacheOptions<T>,
     private log: Logger,
   ) {

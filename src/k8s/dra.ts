@@ -1,6 +1,7 @@
 import type * as k8s from "@kubernetes/client-node";
 import { Api, ApiError } from "./api.js";
 import { sleep } from "./cache.js";
+import type { ClusterAccess } from "./kubeconfig.js";
 import type { ResourceType } from "./resources.js";
 
 /** The DRA driver name under which Spindle publishes every device. */
@@ -56,7 +57,7 @@ export function placementFromClasses(classes: readonly DeviceClassObj[]): Placem
  * >= 1.34). A failed request is retried (a 404 is the answer "no"), never taken as "no DRA";
  * undefined when `signal` aborted first.
  */
-export async function draServed(kc: k8s.KubeConfig, signal?: AbortSignal): Promise<boolean | undefined> {
+export async function draServed(kc: ClusterAccess, signal?: AbortSignal): Promise<boolean | undefined> {
   for (let attempt = 0; !signal?.aborted; attempt++) {
     try {
       const list = await Api.for(kc).request<{ resources?: { name: string }[] }>("GET", "/apis/resource.k8s.io/v1", {

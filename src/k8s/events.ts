@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
-import type * as k8s from "@kubernetes/client-node";
 import type { Logger } from "../log/logger.js";
 import { Api } from "./api.js";
+import type { ClusterAccess } from "./kubeconfig.js";
 
 export interface EventTarget {
   apiVersion: string;
@@ -20,7 +20,7 @@ export class EventRecorder {
   private recent = new Map<string, number>();
 
   constructor(
-    kc: k8s.KubeConfig,
+    kc: ClusterAccess,
     private component: string,
     private log: Logger,
     private host?: string,

@@ -1,10 +1,10 @@
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
 import { Agent, type RequestOptions as HttpsRequestOptions, request as httpsRequest } from "node:https";
 import { performance } from "node:perf_hooks";
-import type * as k8s from "@kubernetes/client-node";
 import type { Logger } from "../log/logger.js";
 import { countConnections } from "./api.js";
 import { statusCode } from "./client.js";
+import type { ClusterAccess } from "./kubeconfig.js";
 
 export interface LeaderElectionOptions {
   namespace: string;
@@ -163,7 +163,7 @@ export class HttpError extends Error {
  * The Lease over plain node:http(s), with the KubeConfig's auth and TLS: client-node's typed calls
  * take no per-call AbortSignal, and a renewal must not outlive its timeout.
  */
-export function httpLeaseTransport(kc: k8s.KubeConfig, namespace: string, name: string): LeaseTransport {
+export function httpLeaseTransport(kc: ClusterAccess, namespace: string, name: string): LeaseTransport {
   const collection = `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(namespace)}/leases`;
   const item = `${collection}/${encodeURIComponent(name)}`;
   let agent: Agent | undefined;
@@ -291,7 +291,7 @@ export class LeaderElection {
   private inflight: { abort: AbortController; done: Promise<unknown> } | undefined;
 
   constructor(
-    kc: k8s.KubeConfig | undefined,
+    kc: ClusterAccess | undefined,
     private options: LeaderElectionOptions,
     private log: Logger,
     /** For tests: another transport (then `kc` may be undefined) or clock. */

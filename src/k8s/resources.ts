@@ -1,5 +1,6 @@
 import type * as k8s from "@kubernetes/client-node";
 import { Api } from "./api.js";
+import type { ClusterAccess } from "./kubeconfig.js";
 
 /** Where a kind lives in the API: enough to list, watch, apply and delete it. */
 export interface ResourceType {
@@ -73,7 +74,7 @@ export class ResourceClient<T extends Obj = Obj> {
   private api: Api;
 
   constructor(
-    kc: k8s.KubeConfig,
+    kc: ClusterAccess,
     readonly type: ResourceType,
     readonly fieldManager: string,
   ) {

@@ -7,8 +7,9 @@ import { join } from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
 import { customResourceDefinition, KINDS } from "../api/crds.js";
-import { applyObject, applyRaw, loadKubeConfig, statusCode } from "../k8s/client.js";
+import { statusCode } from "../k8s/client.js";
 import { type Binaries, CONTROL_PLANE_MODULES, ensureBinaries } from "./build.js";
+import { applyObject, applyRaw, loadClientNodeConfig } from "./client-node.js";
 import { freePort, ManagedProcess, waitFor } from "./processes.js";
 
 export const SANDBOX_NODES = ["edge-1", "edge-2"];
@@ -72,7 +73,7 @@ export class ControlPlane {
   }
 
   kubeConfig(): k8s.KubeConfig {
-    return loadKubeConfig(this.kubeconfigPath);
+    return loadClientNodeConfig(this.kubeconfigPath);
   }
 
   get logDir(): string {

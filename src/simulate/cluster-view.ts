@@ -1,8 +1,8 @@
 import type * as k8s from "@kubernetes/client-node";
 import type { Device } from "../api/device.js";
 import { ApiError } from "../k8s/api.js";
-import { loadKubeConfig } from "../k8s/client.js";
 import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, DEVICES, ResourceClient, SPIN_APPS } from "../k8s/resources.js";
+import { loadClientNodeConfig } from "../sandbox/client-node.js";
 
 /**
  * What an app team's test asserts on: the Devices Spindle publishes and the SpinApps it makes for
@@ -38,7 +38,7 @@ export class SpindleCluster {
 
   /** From a kubeconfig file, or $KUBECONFIG / ~/.kube/config / in-cluster. */
   static connect(kubeconfig?: string): SpindleCluster {
-    return new SpindleCluster(loadKubeConfig(kubeconfig));
+    return new SpindleCluster(loadClientNodeConfig(kubeconfig));
   }
 
   /** Devices, all or those of one DeviceConfiguration. */

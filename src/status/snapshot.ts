@@ -1,4 +1,4 @@
-import * as k8s from "@kubernetes/client-node";
+import type * as k8s from "@kubernetes/client-node";
 import type { Device } from "../api/device.js";
 import type { DeviceConfiguration } from "../api/device-configuration.js";
 import type { DeviceSpinApp } from "../api/device-spin-app.js";
@@ -10,7 +10,15 @@ import {
   type Placement,
   placementFromClasses,
 } from "../k8s/dra.js";
-import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, DEVICES, ResourceClient, SPIN_APPS } from "../k8s/resources.js";
+import type { ClusterAccess } from "../k8s/kubeconfig.js";
+import {
+  DEVICE_CONFIGURATIONS,
+  DEVICE_SPIN_APPS,
+  DEVICES,
+  ResourceClient,
+  type ResourceType,
+  SPIN_APPS,
+} from "../k8s/resources.js";
 
 type Obj = k8s.KubernetesObject & Record<string, unknown>;
 
@@ -44,16 +52,18 @@ const SUMMARY_KEYS = [
   "MDNS_NAME",
 ];
 
-export async function readSnapshot(kc: k8s.KubeConfig, eventLimit = 8): Promise<Snapshot> {
+const PODS: ResourceType = { group: "", version: "v1", plural: "pods", kind: "Pod", namespaced: true };
+const EVENTS: ResourceType = { group: "", version: "v1", plural: "events", kind: "Event", namespaced: true };
+
+export async function readSnapshot(kc: ClusterAccess, eventLimit = 8): Promise<Snapshot> {
   const client = <T>(type: typeof DEVICES) => new ResourceClient<T & Obj>(kc, type, "spindle-status");
-  const core = kc.makeApiClient(k8s.CoreV1Api);
   const [configs, devices, dsas, spinApps, pods, events] = await Promise.all([
     client<DeviceConfiguration>(DEVICE_CONFIGURATIONS).list(),
     client<Device>(DEVICES).list(),
     client<DeviceSpinApp>(DEVICE_SPIN_APPS).list(),
     client<{ spec: unknown }>(SPIN_APPS).list(),
-    core.listPodForAllNamespaces({ labelSelector: "core.spinkube.dev/app-name" }),
-    core.listEventForAllNamespaces({}),
+    new ResourceClient<k8s.V1Pod & Obj>(kc, PODS, "spindle-status").list(undefined, "core.spinkube.dev/app-name"),
+    new ResourceClient<k8s.CoreV1Event & Obj>(kc, EVENTS, "spindle-status").list(),
   ]);
   // A cluster without resource.k8s.io/v1 (or a reader without access to it) has node resources only.
   const classes = await new ResourceClient<DeviceClassObj & Obj>(kc, DEVICE_CLASSES, "spindle-status")

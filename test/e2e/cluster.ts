@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { inject } from "vitest";
-import { applyObject, loadKubeConfig } from "../../src/k8s/client.js";
+import { applyObject, loadClientNodeConfig } from "../../src/sandbox/client-node.js";
 import { spinAppExecutor } from "../../src/sandbox/control-plane.js";
 import { type FaultPlan, FaultProxy } from "../fault-proxy.js";
 
@@ -14,7 +14,7 @@ const run = promisify(execFile);
 
 /** Helpers for e2e tests on the sandbox control plane started by global-setup.ts. */
 export function kubeConfig(): k8s.KubeConfig {
-  return loadKubeConfig(inject("kubeconfig"));
+  return loadClientNodeConfig(inject("kubeconfig"));
 }
 
 export async function kubectl(...args: string[]): Promise<string> {

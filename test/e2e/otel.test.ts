@@ -10,7 +10,6 @@ import * as k8s from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
 import type { Device } from "../../src/api/device.js";
-import { applyObject } from "../../src/k8s/client.js";
 import {
   DEVICE_CONFIGURATIONS,
   DEVICE_SPIN_APPS,
@@ -19,6 +18,7 @@ import {
   SPIN_APPS,
 } from "../../src/k8s/resources.js";
 import { parseTraceparent, TRACEPARENT_ANNOTATION as TRACEPARENT } from "../../src/observability/tracing.js";
+import { applyObject } from "../../src/sandbox/client-node.js";
 import { EXECUTOR, RUNTIME_CLASS } from "../../src/sandbox/control-plane.js";
 import {
   type Collector,

@@ -8,7 +8,6 @@ import type * as k8s from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import type { Device } from "../../src/api/device.js";
-import { applyObject } from "../../src/k8s/client.js";
 import {
   DEVICE_CONFIGURATIONS,
   DEVICE_SPIN_APPS,
@@ -16,6 +15,7 @@ import {
   ResourceClient,
   SPIN_APPS,
 } from "../../src/k8s/resources.js";
+import { applyObject } from "../../src/sandbox/client-node.js";
 import { EXECUTOR } from "../../src/sandbox/control-plane.js";
 import { freePort } from "../../src/sandbox/processes.js";
 import { stableUuid } from "../../src/simulate/scenario.js";

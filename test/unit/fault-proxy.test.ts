@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { loadKubeConfig } from "../../src/k8s/client.js";
+import { loadClientNodeConfig } from "../../src/sandbox/client-node.js";
 import { type FaultPlan, FaultProxy } from "../fault-proxy.js";
 
 const TOKEN = "test-token-123";
@@ -293,7 +293,7 @@ describe("FaultProxy", () => {
     const p = await startProxy();
     const path = join(dir, "kubeconfig");
     await p.writeKubeconfig(path, TOKEN);
-    const kc = loadKubeConfig(path);
+    const kc = loadClientNodeConfig(path);
     expect(kc.getCurrentCluster()?.server).toBe(p.url);
     const core = kc.makeApiClient(k8s.CoreV1Api);
     const list = await core.listNamespacedConfigMap({ namespace: "ns" });
