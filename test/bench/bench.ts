@@ -13,41 +13,19 @@ import { MqttDeviceSimulator } from "../../discovery-handlers/mqtt/mock.js";
 import { startMosquitto } from "../../discovery-handlers/mqtt/mosquitto.js";
 import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
 import { build } from "../../scripts/build.js";
-import { applyObject } from "../../src/k8s/client.js";
 import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, ResourceClient } from "../../src/k8s/resources.js";
+import { applyObject } from "../../src/sandbox/client-node.js";
 import { ControlPlane, EXECUTOR, spinAppExecutor } from "../../src/sandbox/control-plane.js";
 import { freePort } from "../../src/sandbox/processes.js";
+import { cpuSeconds, percentile, reportWith, rssMiB, sleep, untilWith } from "./common.js";
 
 const SCALE = Number(process.env.BENCH_DEVICES ?? 1000);
 const LARGE = Number(process.env.BENCH_LARGE_DEVICES ?? 10000);
 const BIN = resolve(import.meta.dirname, "../../bin/spindle.js");
 
-function report(figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
-  process.stdout.write(`${JSON.stringify({ figure, value: Math.round(value * 10) / 10, unit, ...extra })}\n`);
-}
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
-}
-
-async function until(
-  what: string,
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 600_000,
-  everyMs = 20,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return Number(m?.[1] ?? 0) / 1024;
-}
+// This bench's lines keep one decimal and no load1, so runs compare with the recorded figures.
+const report = reportWith({ decimals: 1, load1: false });
+const until = untilWith({ timeoutMs: 600_000, everyMs: 20 });
 
 /** V8 heap in use, from the process's own /metrics. */
 async function heapMiB(port: number): Promise<number> {
@@ -56,7 +34,10 @@ async function heapMiB(port: number): Promise<number> {
   return Number(m?.[1] ?? Number.NaN) / 1024 / 1024;
 }
 
-/** Spindle's own API writes so far, from a process's /metrics. */
+/**
+ * Spindle's own API writes so far, from a process's /metrics. The sum of apiWritesBy, not
+ * common.ts's apiWrites (any label set), so every write figure here counts the same series.
+ */
 async function apiWrites(port: number): Promise<number> {
   return Object.values(await apiWritesBy(port)).reduce((a, b) => a + b, 0);
 }
@@ -87,11 +68,6 @@ async function readySpinApps(kc: k8s.KubeConfig): Promise<number> {
     namespace: "bench",
   })) as { items: { status?: { readyReplicas?: number } }[] };
   return list.items.filter((s) => (s.status?.readyReplicas ?? 0) >= 1).length;
-}
-
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime in clock ticks (100 Hz)
 }
 
 /** The chart's V8 flags per command (values.yaml `<command>.nodeOptions`). */
@@ -174,7 +150,7 @@ async function main(): Promise<void> {
   const children: ChildProcess[] = [];
   const cleanup = async () => {
     for (const c of children) c.kill("SIGTERM");
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     await sim.close();
     await broker.stop();
     await usb.dispose();
@@ -220,7 +196,7 @@ async function main(): Promise<void> {
       const vars = (o.spec as { variables?: { name: string; value?: string }[] }).variables ?? [];
       return vars.find((v) => v.name === "mqtt_device_id")?.value;
     });
-    await new Promise((r) => setTimeout(r, 3000)); // agent and controller up
+    await sleep(3000); // agent and controller up
 
     // 1. Latency, one device at a time: USB plug -> Device; MQTT birth -> Device -> SpinApp.
     const usbLatency: number[] = [];
@@ -316,11 +292,11 @@ async function main(): Promise<void> {
     // 4. Steady state: no device changes for 60 s -> Spindle's own API writes (the agent's and
     // controller's spindle_api_writes_total) and agent CPU. spin-operator may still be rolling
     // out Deployments and updating SpinApp status; its writes are not Spindle's.
-    await new Promise((r) => setTimeout(r, 5000));
+    await sleep(5000);
     const agentBefore = await apiWritesBy(agentPort);
     const controllerBefore = await apiWritesBy(controllerPort);
     const cpuBefore = cpuSeconds(agent.pid!);
-    await new Promise((r) => setTimeout(r, 60_000));
+    await sleep(60_000);
     const byResource = {
       ...difference(await apiWritesBy(agentPort), agentBefore),
       ...difference(await apiWritesBy(controllerPort), controllerBefore),
@@ -413,7 +389,7 @@ async function largeRun(): Promise<void> {
       n: LARGE,
       note: "retained configs already on the broker",
     });
-    await new Promise((r) => setTimeout(r, 20_000));
+    await sleep(20_000);
     report("agent_rss_large", rssMiB(agent.pid!), "MiB", {
       devices: LARGE,
       heap_used_mib: Math.round(await heapMiB(agentPort)),
@@ -427,7 +403,7 @@ async function largeRun(): Promise<void> {
       heap_used_mib: Math.round(await heapMiB(idlePort)),
     });
     const before = (await apiWrites(agentPort)) + (await apiWrites(controllerPort));
-    await new Promise((r) => setTimeout(r, 60_000));
+    await sleep(60_000);
     const steady = (await apiWrites(agentPort)) + (await apiWrites(controllerPort)) - before;
     report("steady_state_writes_large", steady, "writes/min", { devices: LARGE });
 
@@ -458,7 +434,7 @@ async function largeRun(): Promise<void> {
       n: LARGE,
       writes: (await apiWrites(controllerPort)) - controllerWrites,
     });
-    await new Promise((r) => setTimeout(r, 20_000));
+    await sleep(20_000);
     report("controller_rss_after_burst_large", rssMiB(controller.pid!), "MiB", {
       devices: LARGE,
       spinApps: LARGE,
@@ -466,7 +442,7 @@ async function largeRun(): Promise<void> {
     });
   } finally {
     for (const c of children) c.kill("SIGTERM");
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     await sim.close();
     await broker.stop();
     await cp.stop();

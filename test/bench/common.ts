@@ -2,35 +2,65 @@
 import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 
-/** One JSON line per figure, with the load average it was measured under. */
-export function report(figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
-  const load1 = Math.round(loadavg()[0]! * 10) / 10;
-  process.stdout.write(`${JSON.stringify({ figure, value: Math.round(value * 100) / 100, unit, ...extra, load1 })}\n`);
+/**
+ * A `report` with its own rounding and with or without `load1`: bench.ts and onvif.ts keep the
+ * line format their recorded figures were taken with.
+ */
+export function reportWith({ decimals = 2, load1 = true }: { decimals?: number; load1?: boolean } = {}) {
+  const scale = 10 ** decimals;
+  return (figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void => {
+    const line = { figure, value: Math.round(value * scale) / scale, unit, ...extra };
+    const withLoad = load1 ? { ...line, load1: Math.round(loadavg()[0]! * 10) / 10 } : line;
+    process.stdout.write(`${JSON.stringify(withLoad)}\n`);
+  };
 }
+
+/** One JSON line per figure, with the load average it was measured under. */
+export const report = reportWith();
 
 export function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
 }
 
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function until(
-  what: string,
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 120_000,
-  everyMs = 2,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
-    await sleep(everyMs);
-  }
+/** An `until` with other defaults, for benches whose waits were tuned before this module. */
+export function untilWith(defaults: { timeoutMs: number; everyMs: number }) {
+  return async (
+    // A function is read only on timeout, so it can say how far the wait got.
+    what: string | (() => string),
+    check: () => boolean | Promise<boolean>,
+    timeoutMs = defaults.timeoutMs,
+    everyMs = defaults.everyMs,
+  ): Promise<void> => {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await check())) {
+      if (Date.now() > deadline) {
+        throw new Error(`bench: timed out waiting for ${typeof what === "string" ? what : what()}`);
+      }
+      await sleep(everyMs);
+    }
+  };
 }
+
+export const until = untilWith({ timeoutMs: 120_000, everyMs: 2 });
 
 export function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return Number(m?.[1] ?? 0) / 1024;
+}
+
+/** utime + stime of a process, in seconds (clock ticks of 1/100 s). */
+export function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /** Spindle's own API writes so far, from a process's /metrics. */

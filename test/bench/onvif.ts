@@ -13,14 +13,13 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { loadavg } from "node:os";
 import { resolve } from "node:path";
 import { createInterface } from "node:readline";
 import * as k8s from "@kubernetes/client-node";
 import { FakeCamera, fakeUuid } from "../../discovery-handlers/onvif/fake-camera.js";
 import { DEVICE_CONFIGURATIONS, ResourceClient } from "../../src/k8s/resources.js";
 import { ControlPlane } from "../../src/sandbox/control-plane.js";
+import { percentile, reportWith, rssMiB, sleep, untilWith } from "./common.js";
 
 const BIN = resolve(import.meta.dirname, "../../bin/spindle.js");
 const SCOPE = `onvif://www.onvif.org/location/bench-${randomBytes(4).toString("hex")}`;
@@ -28,31 +27,9 @@ const COLD = 50;
 const LATENCY = 50;
 const TOTAL = 200;
 
-/** One figure; `load1` (the 1-minute load average when it was taken) tells how busy the machine was. */
-function report(figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
-  const load1 = Math.round(loadavg()[0]! * 10) / 10;
-  process.stdout.write(`${JSON.stringify({ figure, value: Math.round(value * 10) / 10, unit, ...extra, load1 })}\n`);
-}
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
-}
-
-async function until(what: string, check: () => boolean, timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return Number(m?.[1] ?? 0) / 1024;
-}
+// This bench's lines keep one decimal, so runs compare with the recorded figures.
+const report = reportWith({ decimals: 1 });
+const until = untilWith({ timeoutMs: 120_000, everyMs: 5 });
 
 /** A loopback address of its own for camera `i` (127.77.0.1 ... 127.77.0.250, 127.77.1.1 ...). */
 const cameraIp = (i: number) => `127.77.${Math.floor(i / 250)}.${(i % 250) + 1}`;

@@ -18,32 +18,21 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { loadavg } from "node:os";
 import { resolve } from "node:path";
 import { parse } from "yaml";
 import type { DiscoveredDevice } from "../../discovery-handlers/handler.js";
 import { build } from "../../scripts/build.js";
 import { DevicePublisher } from "../../src/agent/device-publisher.js";
 import type { DeviceConfiguration } from "../../src/api/device-configuration.js";
-import { loadKubeConfig } from "../../src/k8s/client.js";
 import { createLogger } from "../../src/log/logger.js";
 import { startSpan, startTracing } from "../../src/observability/tracing.js";
+import { loadClientNodeConfig } from "../../src/sandbox/client-node.js";
 import { startStubApiserver } from "../stub-apiserver.js";
+import { median, report, sleep } from "./common.js";
 
 const BIN = resolve(import.meta.dirname, "../../bin/spindle.js");
 const DEVICES = Number(process.env.OTEL_BENCH_DEVICES ?? 1000);
 const ROOT = resolve(import.meta.dirname, "../..");
-
-function report(figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
-  const load1 = Math.round(loadavg()[0]! * 10) / 10;
-  process.stdout.write(`${JSON.stringify({ figure, value: Math.round(value * 100) / 100, unit, ...extra, load1 })}\n`);
-}
-
-const median = (v: number[]) => {
-  const s = [...v].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 /** ns per call of `fn`, median of 5 rounds of `n` calls. */
 function nsPerCall(fn: () => void, n = 200_000): number {
@@ -114,7 +103,7 @@ try {
     })) as DiscoveredDevice[];
   const benchReport = (label: string) => {
     const publisher = new DevicePublisher(
-      loadKubeConfig(api.kubeconfig),
+      loadClientNodeConfig(api.kubeconfig),
       "bench-node",
       log,
       { record: async () => {} } as never,
@@ -203,7 +192,8 @@ try {
           }
         });
       });
-      await new Promise((r) => setTimeout(r, 3000));
+      await sleep(3000);
+      // Not common.ts's rssMiB: an exited, unreaped agent has no VmRSS line, NaN here rather than 0.
       const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"));
       return Number(m?.[1]) / 1024;
     } finally {

@@ -21,8 +21,8 @@
  * measurement, BENCH_USB_NODE_ARGS extra node flags for the agents.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync, openSync, readFileSync } from "node:fs";
-import { loadavg, tmpdir } from "node:os";
+import { closeSync, openSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { pino } from "pino";
@@ -35,6 +35,7 @@ import { build } from "../../scripts/build.js";
 import { DEVICE_CONFIGURATIONS, ResourceClient } from "../../src/k8s/resources.js";
 import { ControlPlane } from "../../src/sandbox/control-plane.js";
 import { freePort } from "../../src/sandbox/processes.js";
+import { apiWrites, cpuSeconds, percentile, report, rssMiB, sleep, untilWith } from "./common.js";
 
 const SIZES = (process.env.BENCH_USB_SIZES ?? "10,100,1000").split(",").map(Number);
 const MQTT_DEVICES = 1100;
@@ -45,51 +46,7 @@ const NODE_ARGS = (process.env.BENCH_USB_NODE_ARGS ?? "").split(" ").filter(Bool
 /** Inside the repository, so the bundle finds the native `usb` module in node_modules. */
 const SCRATCH_DIST = resolve(import.meta.dirname, "../../node_modules/.cache/spindle-bench-usb/dist");
 
-/** One figure; `load1` (the 1-minute load average when it was taken) tells how busy the machine was. */
-function report(figure: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
-  const load1 = Math.round(loadavg()[0]! * 10) / 10;
-  process.stdout.write(`${JSON.stringify({ figure, value: Math.round(value * 100) / 100, unit, ...extra, load1 })}\n`);
-}
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(
-  what: string | (() => string),
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 300_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) {
-      throw new Error(`bench: timed out waiting for ${typeof what === "string" ? what : what()}`);
-    }
-    await sleep(5);
-  }
-}
-
-/** utime + stime of a process, in seconds (clock ticks of 1/100 s). */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return Number(m?.[1] ?? 0) / 1024;
-}
-
-/** Spindle's API writes so far, from the agent's /metrics. */
-async function apiWrites(port: number): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  let sum = 0;
-  for (const m of text.matchAll(/^spindle_api_writes_total\{[^}]*\} (\d+)/gm)) sum += Number(m[1]);
-  return sum;
-}
+const until = untilWith({ timeoutMs: 300_000, everyMs: 5 });
 
 /** Resolves once the agent has written nothing for `quietMs`: its queue and node status are done. */
 async function quiet(port: number, quietMs = 5000): Promise<void> {

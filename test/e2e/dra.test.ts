@@ -1,33 +1,13 @@
-import * as k8s from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MqttDeviceSimulator } from "../../discovery-handlers/mqtt/mock.js";
 import { type MosquittoBroker, startMosquitto } from "../../discovery-handlers/mqtt/mosquitto.js";
 import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
-import type { Slice } from "../../src/agent/resource-slices.js";
-import type { Device } from "../../src/api/device.js";
 import { deviceClassName } from "../../src/controller/dra.js";
-import { Api } from "../../src/k8s/api.js";
-import { DEVICE_CLASSES, type DeviceClassObj, RESOURCE_SLICES } from "../../src/k8s/dra.js";
-import {
-  DEVICE_CONFIGURATIONS,
-  DEVICE_SPIN_APPS,
-  DEVICES,
-  ResourceClient,
-  SPIN_APPS,
-} from "../../src/k8s/resources.js";
 import { EXECUTOR } from "../../src/sandbox/control-plane.js";
 import { readSnapshot } from "../../src/status/snapshot.js";
-import { eventually, kubeConfig, testNamespace } from "./cluster.js";
+import { eventually, testNamespace } from "./cluster.js";
+import { type Claim, draClients } from "./dra-helpers.js";
 import { SpindleProcess } from "./spindle-process.js";
-
-type Obj = k8s.KubernetesObject & Record<string, unknown>;
-type Claim = {
-  metadata: { name: string };
-  status?: {
-    allocation?: { devices?: { results?: { driver: string; pool: string; device: string }[] } };
-    reservedFor?: { resource: string; name: string; uid: string }[];
-  };
-};
 
 /**
  * DRA placement on the sandbox (Kubernetes 1.37, KWOK nodes): agents and controller in
@@ -35,24 +15,16 @@ type Claim = {
  * runs the pods (no kubelet plugin is called on KWOK nodes).
  */
 describe("DRA: devices as ResourceSlices, SpinApps placed by the scheduler", () => {
-  const kc = kubeConfig();
-  const api = Api.for(kc);
-  const core = kc.makeApiClient(k8s.CoreV1Api);
-  const configs = new ResourceClient<Obj>(kc, DEVICE_CONFIGURATIONS, "spindle-test");
-  const devices = new ResourceClient<Device & Obj>(kc, DEVICES, "spindle-test");
-  const dsas = new ResourceClient<Obj>(kc, DEVICE_SPIN_APPS, "spindle-test");
-  const spinApps = new ResourceClient<Obj>(kc, SPIN_APPS, "spindle-test");
-  const slices = new ResourceClient<Slice & Obj>(kc, RESOURCE_SLICES, "spindle-test");
-  const classes = new ResourceClient<DeviceClassObj & Obj>(kc, DEVICE_CLASSES, "spindle-test");
+  let ns: Awaited<ReturnType<typeof testNamespace>>;
+  const { kc, api, core, configs, dsas, spinApps, slices, classes, devicesOf, podsOf, claimOf } = draClients(
+    () => ns.name,
+  );
   const processes: SpindleProcess[] = [];
   let usb: UsbFixture;
   let usb2: UsbFixture;
   let broker: MosquittoBroker;
   let sim: MqttDeviceSimulator;
-  let ns: Awaited<ReturnType<typeof testNamespace>>;
 
-  const devicesOf = async (configuration: string) =>
-    (await devices.list()).items.filter((d) => d.spec.configurationName === configuration);
   const appsOf = async (dsa: string) =>
     (await spinApps.list(ns.name)).items.filter((s) => s.metadata?.labels?.["spindle.dev/device-spin-app"] === dsa);
   /** Every DRA device entry of driver spindle.dev, with its slice. */
@@ -62,15 +34,6 @@ describe("DRA: devices as ResourceSlices, SpinApps placed by the scheduler", () 
       .flatMap((s) => s.spec.devices.map((d) => ({ slice: s, device: d })));
   const entriesOf = async (device: string) =>
     (await entries()).filter((e) => (e.device.attributes.device as { string?: string } | undefined)?.string === device);
-  const podsOf = async (spinApp: string) =>
-    (await core.listNamespacedPod({ namespace: ns.name, labelSelector: `core.spinkube.dev/app-name=${spinApp}` }))
-      .items;
-  const claimOf = async (pod: k8s.V1Pod) => {
-    const name = (pod.status as { extendedResourceClaimStatus?: { resourceClaimName?: string } })
-      .extendedResourceClaimStatus?.resourceClaimName;
-    if (!name) return undefined;
-    return api.request<Claim>("GET", `/apis/resource.k8s.io/v1/namespaces/${ns.name}/resourceclaims/${name}`);
-  };
   const spinApp = (name: string, configuration: string, replicas = 1) =>
     dsas.apply({
       apiVersion: "spindle.dev/v1alpha1",

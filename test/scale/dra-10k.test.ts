@@ -11,27 +11,14 @@
 import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { join } from "node:path";
-import * as k8s from "@kubernetes/client-node";
+import type * as k8s from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RawHandler, registerWith } from "../../discovery-handlers/external/testing/raw-handler.js";
-import type { Slice } from "../../src/agent/resource-slices.js";
-import type { Device } from "../../src/api/device.js";
 import { deviceClassName } from "../../src/controller/dra.js";
-import { Api } from "../../src/k8s/api.js";
-import { DEVICE_CLASSES, type DeviceClassObj, RESOURCE_SLICES } from "../../src/k8s/dra.js";
-import {
-  DEVICE_CONFIGURATIONS,
-  DEVICE_SPIN_APPS,
-  DEVICES,
-  ResourceClient,
-  SPIN_APPS,
-} from "../../src/k8s/resources.js";
 import { EXECUTOR } from "../../src/sandbox/control-plane.js";
-import { eventually, kubeConfig, testNamespace } from "../e2e/cluster.js";
+import { eventually, testNamespace } from "../e2e/cluster.js";
+import { draClients } from "../e2e/dra-helpers.js";
 import { SpindleProcess } from "../e2e/spindle-process.js";
-
-type Obj = k8s.KubernetesObject & Record<string, unknown>;
-type Claim = { status?: { allocation?: { devices?: { results?: { pool: string; device: string }[] } } } };
 
 const COUNT = 10_000;
 const CONFIG = "scale-10k";
@@ -46,22 +33,14 @@ function nodeShape(node: k8s.V1Node): string {
 }
 
 describe("DRA: 10,000 devices on one node", () => {
-  const kc = kubeConfig();
-  const api = Api.for(kc);
-  const core = kc.makeApiClient(k8s.CoreV1Api);
-  const configs = new ResourceClient<Obj>(kc, DEVICE_CONFIGURATIONS, "spindle-test");
-  const devices = new ResourceClient<Device & Obj>(kc, DEVICES, "spindle-test");
-  const dsas = new ResourceClient<Obj>(kc, DEVICE_SPIN_APPS, "spindle-test");
-  const spinApps = new ResourceClient<Obj>(kc, SPIN_APPS, "spindle-test");
-  const slices = new ResourceClient<Slice & Obj>(kc, RESOURCE_SLICES, "spindle-test");
-  const classes = new ResourceClient<DeviceClassObj & Obj>(kc, DEVICE_CLASSES, "spindle-test");
+  let ns: Awaited<ReturnType<typeof testNamespace>>;
+  const { core, configs, dsas, spinApps, slices, classes, devicesOf, podsOf, claimOf } = draClients(() => ns.name);
   const processes: SpindleProcess[] = [];
   let dir: string;
   let handler: RawHandler;
-  let ns: Awaited<ReturnType<typeof testNamespace>>;
   let nodeBefore: string;
 
-  const ours = async () => (await devices.list()).items.filter((d) => d.spec.configurationName === CONFIG);
+  const ours = () => devicesOf(CONFIG);
   const poolSlices = async () =>
     (await slices.list()).items.filter(
       (s) => s.spec.driver === "spindle.dev" && s.spec.pool.name.endsWith(`/${CONFIG}`),
@@ -185,23 +164,12 @@ describe("DRA: 10,000 devices on one node", () => {
       expect(app.metadata?.labels?.["spindle.dev/device"]).toBe(name);
       const pod = await eventually(
         "a Running pod",
-        async () =>
-          (
-            await core.listNamespacedPod({
-              namespace: ns.name,
-              labelSelector: `core.spinkube.dev/app-name=${app.metadata!.name}`,
-            })
-          ).items.find((p) => p.status?.phase === "Running"),
+        async () => (await podsOf(app.metadata!.name!)).find((p) => p.status?.phase === "Running"),
         LONG,
       );
       expect(pod.spec?.nodeName).toBe("edge-1");
-      const claimName = (pod.status as { extendedResourceClaimStatus?: { resourceClaimName?: string } })
-        .extendedResourceClaimStatus?.resourceClaimName;
-      const claim = await api.request<Claim>(
-        "GET",
-        `/apis/resource.k8s.io/v1/namespaces/${ns.name}/resourceclaims/${claimName}`,
-      );
-      expect(claim.status?.allocation?.devices?.results).toEqual([
+      const claim = await claimOf(pod);
+      expect(claim?.status?.allocation?.devices?.results).toEqual([
         expect.objectContaining({ pool: `nodes/edge-1/${CONFIG}`, device: `${name}-0` }),
       ]);
     },
