@@ -183,6 +183,14 @@ describe("the production build", () => {
     expect(packagesImported(externals)).toEqual(EXTERNAL);
   });
 
+  it("agent, controller and status never load @kubernetes/client-node (its import alone costs ~25 MiB)", () => {
+    for (const command of ["agent", "controller", "status"]) {
+      const { inputs } = closure(chunkOf(`src/commands/${command}.ts`), true);
+      expect(inputs.has("src/k8s/kubeconfig.ts"), `sanity: ${command} reads a kubeconfig`).toBe(true);
+      expect(matching(inputs, [/node_modules\/@kubernetes\/client-node\//]), command).toEqual([]);
+    }
+  });
+
   it("the controller loads no sandbox, dev tools, aedes, fake camera, mock or test code", () => {
     const { inputs } = closure(chunkOf("src/commands/controller.ts"), true);
     expect(inputs.has("src/controller/controller.ts"), "sanity").toBe(true);
