@@ -493,6 +493,109 @@ describe("mqtt handler", () => {
   });
 });
 
+describe("keepalive while the broker is busy", () => {
+  it("keeps a connection whose PINGRESP arrives late behind a stream of messages, and keeps pinging", async () => {
+    // The broker's answers to pings wait 4 s, as behind a flood of retained messages; the
+    // keepalive (2 s) would time the connection out 1 s after each ping.
+    const proxy = await delayingProxy(broker.port, 4_000);
+    try {
+      const { ns, details } = namespace();
+      const discovery = new DiscoveryRun(
+        details({ brokerUri: proxy.url }, { homeAssistant: true }),
+        {},
+        {
+          keepaliveSeconds: 2,
+        },
+      );
+      runs.push(discovery);
+      await discovery.until("the first set", () => true);
+      const sim = simulator();
+      const stop = Date.now() + 8_000;
+      for (let i = 0; Date.now() < stop; i++) {
+        await sim.homeAssistant({ id: `${ns}k${i % 5}`, component: "sensor", prefix: `${ns}-ha` });
+        await sleep(100);
+      }
+      expect(discovery.logs.filter((l) => l.includes("lost the MQTT broker"))).toEqual([]);
+      expect(discovery.ids()).toHaveLength(5);
+      // Pings still reach the broker (it would drop a silent client after 1.5 × keepalive).
+      expect(proxy.pings()).toBeGreaterThanOrEqual(3);
+    } finally {
+      proxy.close();
+    }
+  }, 20_000);
+});
+
+/**
+ * A TCP proxy to the broker that holds back each PINGRESP for `delayMs` and counts the client's
+ * PINGREQs; every other MQTT packet passes at once.
+ */
+async function delayingProxy(
+  port: number,
+  delayMs: number,
+): Promise<{ url: string; pings: () => number; close: () => void }> {
+  let pings = 0;
+  const sockets = new Set<Socket>();
+  /** Splits whole MQTT packets off the front of `buf` (fixed header + remaining length). */
+  const split = (buf: Buffer): [Buffer[], Buffer] => {
+    const packets: Buffer[] = [];
+    let at = 0;
+    for (;;) {
+      let length = 0;
+      let multiplier = 1;
+      let i = at + 1;
+      for (; i < buf.length && i < at + 5; i++) {
+        length += (buf[i]! & 127) * multiplier;
+        multiplier *= 128;
+        if (!(buf[i]! & 128)) break;
+      }
+      if (i >= buf.length || buf.length < i + 1 + length) break;
+      packets.push(buf.subarray(at, i + 1 + length));
+      at = i + 1 + length;
+    }
+    return [packets, buf.subarray(at)];
+  };
+  const server: Server = createServer((client) => {
+    const upstream = new Socket();
+    sockets.add(client).add(upstream);
+    upstream.connect(port, "127.0.0.1");
+    let down = Buffer.alloc(0);
+    let up = Buffer.alloc(0);
+    upstream.on("data", (chunk: Buffer) => {
+      const [packets, rest] = split(Buffer.concat([down, chunk]));
+      down = rest;
+      for (const packet of packets) {
+        if (packet[0]! >> 4 === 13) setTimeout(() => client.writable && client.write(packet), delayMs);
+        else client.write(packet);
+      }
+    });
+    client.on("data", (chunk: Buffer) => {
+      const [packets, rest] = split(Buffer.concat([up, chunk]));
+      up = rest;
+      for (const packet of packets) {
+        if (packet[0]! >> 4 === 12) pings++;
+        upstream.write(packet);
+      }
+    });
+    for (const [a, b] of [
+      [client, upstream],
+      [upstream, client],
+    ] as const) {
+      a.on("close", () => b.destroy());
+      a.on("error", () => b.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address() as { port: number };
+  return {
+    url: `mqtt://127.0.0.1:${address.port}`,
+    pings: () => pings,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
 describe("with aedes (MQTT 3.1.1, forwards non-UTF-8 topics)", () => {
   let server: Server;
   let aedes: Aedes;

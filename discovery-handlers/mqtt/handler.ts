@@ -283,6 +283,19 @@ class MqttDiscoverySession {
     client.on("reconnect", () => this.onReconnect());
     client.on("error", (error) => this.onError(error));
     client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet));
+    // A broker that keeps sending is alive, though its PINGRESP may wait behind thousands of
+    // retained messages (10,000 on subscribe): the first packet after a PINGREQ counts as the
+    // answer. mqtt.js would drop the connection keepalive/2 after its ping and, reconnected, be
+    // sent every retained message again. Pings still go out every keepalive while packets flow.
+    let pinged = false;
+    client.on("packetsend", (packet) => {
+      if (packet.cmd === "pingreq") pinged = true;
+    });
+    client.on("packetreceive", () => {
+      if (!pinged) return;
+      pinged = false;
+      client.reschedulePing(true);
+    });
   }
 
   next(): Promise<DiscoveredDevice[] | undefined> {

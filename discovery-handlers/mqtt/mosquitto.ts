@@ -30,6 +30,8 @@ export interface MosquittoOptions {
   executable?: string;
   /** How long to wait for the listener. */
   startTimeoutMs?: number;
+  /** More mosquitto.conf lines (e.g. `max_queued_messages 0`). */
+  config?: string[];
 }
 
 export interface MosquittoBroker {
@@ -124,6 +126,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     "log_dest stderr",
     "log_type error",
     "log_type warning",
+    ...(options.config ?? []),
   ];
   // Started as root, Mosquitto switches to the `mosquitto` user, which cannot read our files.
   if (process.getuid?.() === 0) lines.push(`user ${userInfo().username}`);
