@@ -386,7 +386,12 @@ async function largeRun(): Promise<void> {
       1_800_000,
       1000,
     );
-    await until("the agent's queue to drain", async () => (await apiWrites(agentPort).catch(() => 0)) >= LARGE, 600_000, 1000);
+    await until(
+      "the agent's queue to drain",
+      async () => (await apiWrites(agentPort).catch(() => 0)) >= LARGE,
+      600_000,
+      1000,
+    );
     report("agent_publish_large", LARGE / ((Date.now() - started) / 1000), "devices/s", {
       n: LARGE,
       note: "retained configs already on the broker",
