@@ -558,8 +558,8 @@ async function delayingProxy(
     const upstream = new Socket();
     sockets.add(client).add(upstream);
     upstream.connect(port, "127.0.0.1");
-    let down = Buffer.alloc(0);
-    let up = Buffer.alloc(0);
+    let down: Buffer = Buffer.alloc(0);
+    let up: Buffer = Buffer.alloc(0);
     upstream.on("data", (chunk: Buffer) => {
       const [packets, rest] = split(Buffer.concat([down, chunk]));
       down = rest;
