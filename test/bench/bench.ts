@@ -2,7 +2,8 @@
  * `npm run bench`: measures Spindle on the sandbox control plane with real agent and controller
  * processes, a real Mosquitto and USB fixture trees. Prints one JSON line per figure; it passes or
  * fails nothing. BENCH_DEVICES (default 1000) sets the size of the scale runs. The processes run
- * as the chart runs them: the production build (dist/, built first) with the chart's NODE_OPTIONS.
+ * as the chart runs them: the production build (dist/, built first) with the chart's NODE_OPTIONS
+ * and the image's MALLOC_ARENA_MAX.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -17,7 +18,7 @@ import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, ResourceClient } from "../../s
 import { applyObject } from "../../src/sandbox/client-node.js";
 import { ControlPlane, EXECUTOR, spinAppExecutor } from "../../src/sandbox/control-plane.js";
 import { freePort } from "../../src/sandbox/processes.js";
-import { cpuSeconds, percentile, reportWith, rssMiB, sleep, untilWith } from "./common.js";
+import { cpuSeconds, IMAGE_ENV, percentile, reportWith, rssMiB, sleep, untilWith } from "./common.js";
 
 const SCALE = Number(process.env.BENCH_DEVICES ?? 1000);
 const LARGE = Number(process.env.BENCH_LARGE_DEVICES ?? 10000);
@@ -84,6 +85,7 @@ function spindle(args: string[], kubeconfig: string): ChildProcess {
       LOG_LEVEL: "warn",
       NODE_ENV: "production",
       NODE_OPTIONS: CHART_VALUES[args[0]!]?.nodeOptions ?? "",
+      ...IMAGE_ENV,
     },
     stdio: "ignore",
   });

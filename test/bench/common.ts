@@ -1,6 +1,7 @@
 /** What the benches share: figure lines, percentiles, polling, process figures from /proc and /metrics. */
 import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
+import { resolve } from "node:path";
 
 /**
  * A `report` with its own rounding and with or without `load1`: bench.ts and onvif.ts keep the
@@ -78,3 +79,10 @@ export async function metric(port: number, name: string): Promise<number> {
   for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)`, "gm"))) sum += Number(m[1]);
   return sum;
 }
+
+/** The environment the image gives every process (the Dockerfile's `ENV MALLOC_ARENA_MAX`), read from it. */
+export const IMAGE_ENV: Record<string, string> = {
+  MALLOC_ARENA_MAX:
+    /^ENV MALLOC_ARENA_MAX=(\S+)$/m.exec(readFileSync(resolve(import.meta.dirname, "../../Dockerfile"), "utf8"))?.[1] ??
+    "",
+};

@@ -28,7 +28,7 @@ import { createLogger } from "../../src/log/logger.js";
 import { startSpan, startTracing } from "../../src/observability/tracing.js";
 import { loadClientNodeConfig } from "../../src/sandbox/client-node.js";
 import { startStubApiserver } from "../stub-apiserver.js";
-import { median, report, sleep } from "./common.js";
+import { IMAGE_ENV, median, report, sleep } from "./common.js";
 
 const BIN = resolve(import.meta.dirname, "../../bin/spindle.js");
 const DEVICES = Number(process.env.OTEL_BENCH_DEVICES ?? 1000);
@@ -173,6 +173,7 @@ try {
         LOG_LEVEL: "info",
         KUBECONFIG: api.kubeconfig,
         NODE_OPTIONS: values.agent?.nodeOptions ?? "",
+        ...IMAGE_ENV,
         ...env,
       },
       stdio: ["ignore", "ignore", "pipe"],

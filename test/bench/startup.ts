@@ -18,6 +18,7 @@ import { resolve } from "node:path";
 import { parse } from "yaml";
 import { build } from "../../scripts/build.js";
 import { startStubApiserver } from "../stub-apiserver.js";
+import { IMAGE_ENV } from "./common.js";
 
 const BIN = resolve(import.meta.dirname, "../../bin/spindle.js");
 const RUNS = Number(process.env.STARTUP_RUNS ?? 15);
@@ -113,7 +114,12 @@ try {
       const nodeOptions = from === "dist" ? (CHART_VALUES[name]?.nodeOptions ?? "") : "";
       for (let i = 0; i < 3; i++)
         samples.push(
-          await idleRss(args, ready, { KUBECONFIG: api.kubeconfig, NODE_OPTIONS: nodeOptions, ...FROM[from] }),
+          await idleRss(args, ready, {
+            KUBECONFIG: api.kubeconfig,
+            NODE_OPTIONS: nodeOptions,
+            ...(from === "dist" ? IMAGE_ENV : {}),
+            ...FROM[from],
+          }),
         );
       report(`${name}_rss_idle_${from}`, median(samples), "MiB", {
         n: samples.length,
