@@ -128,6 +128,12 @@ export const deviceSpinAppSpec = z.strictObject({
 });
 export type DeviceSpinAppSpec = z.infer<typeof deviceSpinAppSpec>;
 
+/**
+ * How many SpinApps a DeviceSpinApp's status names. A whole list at 10,000 bindings is ~1.7 MB
+ * with its managed fields, past etcd's 1.5 MiB object limit, and rewritten on every change.
+ */
+export const MAX_LISTED_SPIN_APPS = 100;
+
 export const boundSpinApp = z.strictObject({
   name: z.string(),
   device: z.string(),
@@ -139,11 +145,11 @@ export const deviceSpinAppStatus = z.strictObject({
   matchedDevices: z.int().min(0).optional(),
   boundDevices: z.int().min(0).optional(),
   readySpinApps: z.int().min(0).optional(),
-  spinApps: z
-    .array(boundSpinApp)
-    .max(10000)
-    .optional()
-    .meta({ "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"] }),
+  spinApps: z.array(boundSpinApp).max(MAX_LISTED_SPIN_APPS).optional().meta({
+    description: `At most ${MAX_LISTED_SPIN_APPS} of the SpinApps: those not ready first, then by name (the counts cover all).`,
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+  }),
   conditions: conditions.optional(),
 });
 export type DeviceSpinAppStatus = z.infer<typeof deviceSpinAppStatus>;

@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { Device } from "../api/device.js";
+import { MAX_LISTED_SPIN_APPS } from "../api/device-spin-app.js";
 import type { SpinApp } from "../api/spin-app.js";
 import { type Action, type ObservedSpinApp, plan, type RawObject, type Snapshot } from "./plan.js";
 import { DEVICE_LABEL, DSA_LABEL, dsaLabelValue } from "./spin-app-builder.js";
@@ -181,6 +182,31 @@ describe("plan(): table cases", () => {
     for (const d of s.devices) expect(d.status?.allocations).toHaveLength(1);
     expect(conditionOf(s, "viewer", "DevicesAvailable")).toMatchObject({ status: "True", reason: "DevicesBound" });
     expect(plan(s).actions).toEqual([]);
+  });
+
+  it("names at most MAX_LISTED_SPIN_APPS SpinApps in the status, those not ready first; the counts cover all", () => {
+    const devices = Array.from({ length: 130 }, (_, i) => device(`cam-${String(i).padStart(3, "0")}`));
+    const s = converge(snapshot({ devices, deviceSpinApps: [dsa("viewer")] }));
+    // Two SpinApps lose their pods.
+    const apps = structuredClone(s.spinApps);
+    const down = ["cam-077", "cam-120"];
+    for (const a of apps) if (down.includes(a.metadata.labels![DEVICE_LABEL]!)) a.status = { readyReplicas: 0 };
+    const after = simulate({ ...s, spinApps: apps }, plan({ ...s, spinApps: apps }).actions);
+    const status = dsaStatusOf(after, "viewer") as unknown as {
+      boundDevices: number;
+      readySpinApps: number;
+      spinApps: { device: string; ready: boolean }[];
+    };
+    expect(status.boundDevices).toBe(130);
+    expect(status.readySpinApps).toBe(128);
+    expect(status.spinApps).toHaveLength(MAX_LISTED_SPIN_APPS);
+    expect(status.spinApps.slice(0, 2).map((a) => [a.device, a.ready])).toEqual(
+      expect.arrayContaining([
+        ["cam-077", false],
+        ["cam-120", false],
+      ]),
+    );
+    expect(status.spinApps.slice(2).every((a) => a.ready)).toBe(true);
   });
 
   it("recreates a SpinApp deleted by hand", () => {

@@ -6,6 +6,7 @@ import {
   type DeviceSpinApp,
   type DeviceSpinAppStatus,
   deviceSpinApp,
+  MAX_LISTED_SPIN_APPS,
   type PropertySelector,
 } from "../api/device-spin-app.js";
 import type { SpinApp } from "../api/spin-app.js";
@@ -140,6 +141,14 @@ export const PHASE: Record<Action["kind"], number> = {
   event: 5,
 };
 
+/**
+ * Object names are ASCII (DNS names, label values): code-unit order is a total order for them,
+ * and 10-50x cheaper than localeCompare's collation in plans over 10,000 objects.
+ */
+export function byCodeUnits(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 export function dsaKey(dsa: { metadata: { namespace?: string; name?: string } }): string {
   return `${dsa.metadata.namespace}/${dsa.metadata.name}`;
 }
@@ -177,7 +186,7 @@ export function assignSlots(wanted: string[], current: readonly Allocation[]): A
     }
   }
   let slot = 0;
-  for (const [holder, n] of [...remaining].sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [holder, n] of [...remaining].sort(([a], [b]) => byCodeUnits(a, b))) {
     for (let i = 0; i < n; i++) {
       while (used.has(slot)) slot++;
       out.push({ slot, holder });
@@ -234,8 +243,8 @@ interface DsaState {
 }
 
 const age = (a: RawObject, b: RawObject) =>
-  (a.metadata.creationTimestamp ?? "").localeCompare(b.metadata.creationTimestamp ?? "") ||
-  dsaKey(a).localeCompare(dsaKey(b));
+  byCodeUnits(a.metadata.creationTimestamp ?? "", b.metadata.creationTimestamp ?? "") ||
+  byCodeUnits(dsaKey(a), dsaKey(b));
 
 const replicasOf = (s: ObservedSpinApp): number => {
   const r = s.spec?.replicas;
@@ -255,7 +264,7 @@ export function plan(snapshot: Snapshot): Plan {
   // Devices as they stand once deleted nodes are let go of.
   const devices = new Map<string, Device>();
   const nodes = snapshot.nodes && snapshot.nodes.size > 0 ? snapshot.nodes : undefined;
-  for (const d of [...snapshot.devices].sort((a, b) => a.metadata.name!.localeCompare(b.metadata.name!))) {
+  for (const d of [...snapshot.devices].sort((a, b) => byCodeUnits(a.metadata.name!, b.metadata.name!))) {
     const name = d.metadata.name!;
     const gone = nodes ? d.spec.nodes.filter((n) => !nodes.has(n)) : [];
     if (gone.length > 0 && gone.length === d.spec.nodes.length && !d.metadata.deletionTimestamp) {
@@ -308,7 +317,8 @@ export function plan(snapshot: Snapshot): Plan {
       ...(appTrace ? { appTrace } : {}),
     });
   };
-  for (const s of [...snapshot.spinApps].sort((a, b) => keyOfApp(a).localeCompare(keyOfApp(b)))) {
+  const appsByKey = snapshot.spinApps.map((s) => [keyOfApp(s), s] as const);
+  for (const [, s] of appsByKey.sort(([a], [b]) => byCodeUnits(a, b))) {
     if (s.metadata.deletionTimestamp) {
       terminating.push(s);
       continue;
@@ -364,7 +374,7 @@ export function plan(snapshot: Snapshot): Plan {
     const mine = observed.get(state);
     if (!mine) continue;
     const max = state.dsa?.spec.maxApps ?? Number.POSITIVE_INFINITY;
-    for (const [device, s] of [...mine].sort(([a], [b]) => a.localeCompare(b))) {
+    for (const [device, s] of [...mine].sort(([a], [b]) => byCodeUnits(a, b))) {
       const d = devices.get(device);
       if (!d) {
         remove(s, `device ${device} is gone`, state);
@@ -539,8 +549,10 @@ function dsaStatus(
     const live = mine!.get(device)!;
     apps.push({ name: live.metadata.name!, device, ready: (live.status?.readyReplicas ?? 0) >= replicasOf(live) });
   }
-  apps.sort((a, b) => a.name.localeCompare(b.name));
   const ready = apps.filter((a) => a.ready).length;
+  // The ones that need a look first; the list is bounded, the counts are not.
+  apps.sort((a, b) => Number(a.ready) - Number(b.ready) || byCodeUnits(a.name, b.name));
+  apps.length = Math.min(apps.length, MAX_LISTED_SPIN_APPS);
   const running = state.kept.length;
   const configuration =
     state.dsa?.spec.deviceConfiguration ?? (raw.spec as { deviceConfiguration?: string })?.deviceConfiguration;
@@ -570,7 +582,7 @@ function dsaStatus(
     apps.length > 0 && ready === apps.length
       ? ["True", "SpinAppsReady", `${ready} SpinApp(s) ready`]
       : ["False", apps.length === 0 ? "NoSpinApps" : "SpinAppsNotReady", `${ready} of ${apps.length} SpinApp(s) ready`];
-  const failed = state.failed.sort((a, b) => a.device.localeCompare(b.device));
+  const failed = state.failed.sort((a, b) => byCodeUnits(a.device, b.device));
   const synced: [Condition["status"], string, string] =
     failed.length > 0
       ? [

@@ -15,17 +15,25 @@ export function dsaLabelValue(name: string): string {
   return `${name.slice(0, 63 - hash.length - 1).replace(/[^a-z0-9]+$/, "")}-${hash}`;
 }
 
+const names = new Map<string, string>();
+
 /** `<deviceSpinApp>-<hash>`: a DNS label of at most 52 characters, the same for the same pair. */
 export function spinAppName(dsa: { metadata: { namespace?: string; name?: string } }, deviceName: string): string {
-  const hash = createHash("sha256")
-    .update(`${dsa.metadata.namespace}/${dsa.metadata.name}\0${deviceName}`)
-    .digest("hex")
-    .slice(0, 10);
-  const prefix = dsa.metadata
-    .name!.slice(0, SPINAPP_NAME_MAX - hash.length - 1)
-    .replace(/\./g, "-")
-    .replace(/[^a-z0-9]+$/, "");
-  return `${prefix}-${hash}`;
+  const key = `${dsa.metadata.namespace}/${dsa.metadata.name}\0${deviceName}`;
+  let name = names.get(key);
+  if (name === undefined) {
+    const hash = createHash("sha256").update(key).digest("hex").slice(0, 10);
+    const prefix = dsa.metadata
+      .name!.slice(0, SPINAPP_NAME_MAX - hash.length - 1)
+      .replace(/\./g, "-")
+      .replace(/[^a-z0-9]+$/, "");
+    name = `${prefix}-${hash}`;
+    // Every plan names every observed SpinApp again: remembered, as sha256 per app per plan showed
+    // in profiles. Bounded like the build cache; a forgotten name is only computed again.
+    if (names.size >= 20_000) names.delete(names.keys().next().value as string);
+    names.set(key, name);
+  }
+  return name;
 }
 
 /** Property name -> Spin variable name: lowercase; undefined when Spin cannot use it. */

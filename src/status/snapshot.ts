@@ -52,6 +52,8 @@ const SUMMARY_KEYS = [
   "MDNS_NAME",
 ];
 
+const replicas = (spec: unknown): number => (spec as { replicas?: number } | undefined)?.replicas ?? 1;
+
 const PODS: ResourceType = { group: "", version: "v1", plural: "pods", kind: "Pod", namespaced: true };
 const EVENTS: ResourceType = { group: "", version: "v1", plural: "events", kind: "Event", namespaced: true };
 
@@ -61,7 +63,7 @@ export async function readSnapshot(kc: ClusterAccess, eventLimit = 8): Promise<S
     client<DeviceConfiguration>(DEVICE_CONFIGURATIONS).list(),
     client<Device>(DEVICES).list(),
     client<DeviceSpinApp>(DEVICE_SPIN_APPS).list(),
-    client<{ spec: unknown }>(SPIN_APPS).list(),
+    client<{ spec: unknown; status?: unknown }>(SPIN_APPS).list(),
     new ResourceClient<k8s.V1Pod & Obj>(kc, PODS, "spindle-status").list(undefined, "core.spinkube.dev/app-name"),
     new ResourceClient<k8s.CoreV1Event & Obj>(kc, EVENTS, "spindle-status").list(),
   ]);
@@ -106,7 +108,8 @@ export async function readSnapshot(kc: ClusterAccess, eventLimit = 8): Promise<S
           .map((s) => ({
             name: s.metadata!.name!,
             device: s.metadata!.labels!["spindle.dev/device"] ?? "",
-            ready: d.status?.spinApps?.find((x) => x.name === s.metadata!.name)?.ready ?? false,
+            // The SpinApp's own status: the DeviceSpinApp's lists only some of them.
+            ready: ((s.status as { readyReplicas?: number } | undefined)?.readyReplicas ?? 0) >= replicas(s.spec),
             pods: pods.items
               .filter(
                 (p) =>
