@@ -145,11 +145,15 @@ export const deviceSpinAppStatus = z.strictObject({
   matchedDevices: z.int().min(0).optional(),
   boundDevices: z.int().min(0).optional(),
   readySpinApps: z.int().min(0).optional(),
-  spinApps: z.array(boundSpinApp).max(MAX_LISTED_SPIN_APPS).optional().meta({
-    description: `At most ${MAX_LISTED_SPIN_APPS} of the SpinApps: those not ready first, then by name (the counts cover all).`,
-    "x-kubernetes-list-type": "map",
-    "x-kubernetes-list-map-keys": ["name"],
-  }),
+  spinApps: z
+    .array(boundSpinApp)
+    .max(MAX_LISTED_SPIN_APPS)
+    .optional()
+    .meta({
+      description: `At most ${MAX_LISTED_SPIN_APPS} of the SpinApps: those not ready first, then by name (the counts cover all).`,
+      "x-kubernetes-list-type": "map",
+      "x-kubernetes-list-map-keys": ["name"],
+    }),
   conditions: conditions.optional(),
 });
 export type DeviceSpinAppStatus = z.infer<typeof deviceSpinAppStatus>;
