@@ -2,7 +2,8 @@
  * One full garbage collection once a burst of work has settled. After a burst (a cold start of
  * a thousand devices, a relist) V8 leaves tens of MiB of dead objects in the old generation:
  * with nothing allocating afterwards no major GC comes, and that garbage stays in RSS for good.
- * Measured on the agent at 1,100 devices: 20-29 MiB of RSS, for one ~10 ms pause per burst.
+ * Measured on the agent at 1,100 devices: 20-29 MiB of RSS, for one ~10 ms pause per burst. The
+ * collection compacts (compactingGc), which gives back the pages survivors were scattered over.
  * A tight --max-old-space-size would force the same, at 20-30x the CPU near the cap.
  */
 import { setFlagsFromString } from "node:v8";
@@ -52,12 +53,26 @@ export class SettledGc {
   }
 }
 
-/** V8's full collector, exposed at run time; undefined where the flag cannot be set. */
-function v8Gc(): (() => void) | undefined {
+/**
+ * V8's full collector, exposed at run time, compacting: after a burst the survivors are spread
+ * over pages the plain collector keeps, half empty. Moving them frees those pages: measured on
+ * 75 MiB of live objects interleaved with garbage, heap 157 -> 78 MiB and RSS 206 -> 126 MiB,
+ * for a pause of 0.34 s instead of 0.21 s (once per burst, when nothing else is going on).
+ * Undefined where the flags cannot be set.
+ */
+export function compactingGc(): (() => void) | undefined {
   try {
     setFlagsFromString("--expose-gc");
     const gc = runInNewContext("gc") as unknown;
-    return typeof gc === "function" ? (gc as () => void) : undefined;
+    if (typeof gc !== "function") return undefined;
+    return () => {
+      setFlagsFromString("--compact-on-every-full-gc");
+      try {
+        gc();
+      } finally {
+        setFlagsFromString("--no-compact-on-every-full-gc");
+      }
+    };
   } catch {
     return undefined;
   }
@@ -65,7 +80,7 @@ function v8Gc(): (() => void) | undefined {
 
 /** Turns it on for this process (the agent and controller commands). */
 export function startSettledGc(options: SettledGcOptions = {}): SettledGc | undefined {
-  const gc = options.gc ?? v8Gc();
+  const gc = options.gc ?? compactingGc();
   if (!gc) return undefined;
   active?.stop();
   active = new SettledGc({ quietMs: options.quietMs ?? 2000, minWork: options.minWork ?? 500, gc });
