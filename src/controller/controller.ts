@@ -6,6 +6,7 @@ import { EXTERNAL_HANDLERS_ANNOTATION } from "../api/device-configuration.js";
 import { Cache } from "../k8s/cache.js";
 import type { PlacementOption } from "../k8s/dra.js";
 import { EventRecorder } from "../k8s/events.js";
+import { intern, internDeep, internOwners, internValues } from "../k8s/intern.js";
 import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import {
   apiVersionOf,
@@ -36,20 +37,50 @@ type Obj = k8s.KubernetesObject & Record<string, unknown>;
 function projectSpinApp(s: Obj): Obj {
   const m = s.metadata ?? {};
   return {
-    apiVersion: s.apiVersion,
-    kind: s.kind,
+    apiVersion: intern(s.apiVersion),
+    kind: intern(s.kind),
     metadata: {
       name: m.name,
-      namespace: m.namespace,
+      namespace: intern(m.namespace),
       uid: m.uid,
       resourceVersion: m.resourceVersion,
-      labels: m.labels,
-      annotations: m.annotations,
-      ownerReferences: m.ownerReferences,
+      labels: internValues(m.labels),
+      annotations: internValues(m.annotations),
+      ownerReferences: internOwners(m.ownerReferences),
       deletionTimestamp: m.deletionTimestamp,
     },
-    spec: s.spec,
+    spec: internDeep(s.spec),
     status: { readyReplicas: (s.status as { readyReplicas?: number } | undefined)?.readyReplicas },
+  } as Obj;
+}
+
+/** What the controller keeps of a Device: all but managed fields and status conditions (unread). */
+function projectDevice(d: Obj): Obj {
+  const m = d.metadata ?? {};
+  const spec = d.spec as Device["spec"] | undefined;
+  const status = d.status as Device["status"] | undefined;
+  return {
+    apiVersion: intern(d.apiVersion),
+    kind: intern(d.kind),
+    metadata: {
+      name: m.name,
+      uid: m.uid,
+      resourceVersion: m.resourceVersion,
+      generation: m.generation,
+      creationTimestamp: m.creationTimestamp,
+      deletionTimestamp: m.deletionTimestamp,
+      labels: internValues(m.labels),
+      annotations: m.annotations,
+      ownerReferences: internOwners(m.ownerReferences),
+    },
+    spec: spec && {
+      ...spec,
+      configurationName: intern(spec.configurationName),
+      handler: intern(spec.handler),
+      nodes: spec.nodes?.map(intern),
+      properties: internValues(spec.properties),
+    },
+    status: status && { allocations: status.allocations, used: status.used },
   } as Obj;
 }
 
@@ -131,7 +162,7 @@ export class Controller {
     };
     const onChange = () => this.schedule();
     this.caches = {
-      devices: new Cache(kc, { type: DEVICES, onChange }, log),
+      devices: new Cache(kc, { type: DEVICES, project: projectDevice, onChange }, log),
       dsas: new Cache(kc, { type: DEVICE_SPIN_APPS, onChange }, log),
       spinApps: new Cache(
         kc,

@@ -14,6 +14,7 @@ import {
   type PlacementOption,
   placementFromClasses,
 } from "../k8s/dra.js";
+import { intern, internOwners, internValues } from "../k8s/intern.js";
 import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, ResourceClient } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
@@ -125,14 +126,14 @@ function sameClass(a: ClassObj, b: ClassObj): boolean {
 
 function projectClass(c: ClassObj): ClassObj {
   return {
-    apiVersion: c.apiVersion,
-    kind: c.kind,
+    apiVersion: intern(c.apiVersion),
+    kind: intern(c.kind),
     metadata: {
       name: c.metadata?.name,
       uid: c.metadata?.uid,
       resourceVersion: c.metadata?.resourceVersion,
-      labels: c.metadata?.labels,
-      ownerReferences: c.metadata?.ownerReferences,
+      labels: internValues(c.metadata?.labels),
+      ownerReferences: internOwners(c.metadata?.ownerReferences),
     },
     spec: c.spec,
   };
