@@ -351,7 +351,12 @@ async function largeRun(): Promise<void> {
   const cp = await ControlPlane.start({ log: (l) => process.stderr.write(`[sandbox] ${l}\n`) });
   // Subscribing delivers all 10,000 retained configs at once; Mosquitto's default queue (1,000
   // messages beyond those in flight, per client) would drop the rest (README: MQTT brokers).
-  const broker = await startMosquitto({ config: ["max_queued_messages 0"] });
+  // Saved as a broker is in production (every 30 min), not after every change as the test
+  // broker is: saving 10,000 retained messages per PUBACK kept Mosquitto from answering PINGREQs
+  // for 15 s and more, and the agent's session timed out every 46 s.
+  const broker = await startMosquitto({
+    config: ["max_queued_messages 0", "autosave_on_changes false", "autosave_interval 1800"],
+  });
   const sim = new MqttDeviceSimulator({ url: broker.url });
   const children: ChildProcess[] = [];
   try {
