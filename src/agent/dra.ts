@@ -33,6 +33,19 @@ export interface AgentDraOptions {
 }
 
 /**
+ * What an agent keeps of a DeviceClass: only whether it maps an extended resource (the placement
+ * in use). There is one class per Device in the cluster; whole, they made an agent with no
+ * devices of its own grow with the cluster.
+ */
+function placementOnly(c: DeviceClassObj): DeviceClassObj {
+  const mapped = c.spec?.extendedResourceName;
+  return {
+    metadata: { name: c.metadata?.name, resourceVersion: c.metadata?.resourceVersion },
+    ...(mapped ? { spec: { extendedResourceName: mapped } } : {}),
+  } as DeviceClassObj;
+}
+
+/**
  * The agent's DRA side: its node-local devices as ResourceSlices, and which placement is in use.
  * `auto` follows the controller's DeviceClasses (see placementFromClasses): while none maps an
  * extended resource, the node extended resources stay the way SpinApps reach their devices.
@@ -79,7 +92,12 @@ export class AgentDra {
       }
       this.classes = new Cache<DeviceClassObj>(
         kc,
-        { type: DEVICE_CLASSES, labelSelector: `${MANAGED_LABEL}=true`, onChange: () => this.changed() },
+        {
+          type: DEVICE_CLASSES,
+          labelSelector: `${MANAGED_LABEL}=true`,
+          project: placementOnly,
+          onChange: () => this.changed(),
+        },
         log,
       );
       this.classes.start();
