@@ -6,7 +6,7 @@ import { EXTERNAL_HANDLERS_ANNOTATION } from "../api/device-configuration.js";
 import { Cache } from "../k8s/cache.js";
 import type { PlacementOption } from "../k8s/dra.js";
 import { EventRecorder } from "../k8s/events.js";
-import { intern, internDeep, internOwners, internValues } from "../k8s/intern.js";
+import { intern, internDeep } from "../k8s/intern.js";
 import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import {
   apiVersionOf,
@@ -44,9 +44,9 @@ function projectSpinApp(s: Obj): Obj {
       namespace: intern(m.namespace),
       uid: m.uid,
       resourceVersion: m.resourceVersion,
-      labels: internValues(m.labels),
-      annotations: internValues(m.annotations),
-      ownerReferences: internOwners(m.ownerReferences),
+      labels: internDeep(m.labels),
+      annotations: internDeep(m.annotations),
+      ownerReferences: internDeep(m.ownerReferences),
       deletionTimestamp: m.deletionTimestamp,
     },
     spec: internDeep(s.spec),
@@ -69,16 +69,16 @@ function projectDevice(d: Obj): Obj {
       generation: m.generation,
       creationTimestamp: m.creationTimestamp,
       deletionTimestamp: m.deletionTimestamp,
-      labels: internValues(m.labels),
+      labels: internDeep(m.labels),
       annotations: m.annotations,
-      ownerReferences: internOwners(m.ownerReferences),
+      ownerReferences: internDeep(m.ownerReferences),
     },
     spec: spec && {
       ...spec,
       configurationName: intern(spec.configurationName),
       handler: intern(spec.handler),
       nodes: spec.nodes?.map(intern),
-      properties: internValues(spec.properties),
+      properties: internDeep(spec.properties),
     },
     status: status && { allocations: status.allocations, used: status.used },
   } as Obj;

@@ -14,7 +14,7 @@ import {
   type PlacementOption,
   placementFromClasses,
 } from "../k8s/dra.js";
-import { intern, internOwners, internValues } from "../k8s/intern.js";
+import { intern, internDeep } from "../k8s/intern.js";
 import type { ClusterAccess } from "../k8s/kubeconfig.js";
 import { apiVersionOf, DEVICE_CONFIGURATIONS, DEVICES, ResourceClient } from "../k8s/resources.js";
 import type { Logger } from "../log/logger.js";
@@ -132,8 +132,8 @@ function projectClass(c: ClassObj): ClassObj {
       name: c.metadata?.name,
       uid: c.metadata?.uid,
       resourceVersion: c.metadata?.resourceVersion,
-      labels: internValues(c.metadata?.labels),
-      ownerReferences: internOwners(c.metadata?.ownerReferences),
+      labels: internDeep(c.metadata?.labels),
+      ownerReferences: internDeep(c.metadata?.ownerReferences),
     },
     spec: c.spec,
   };

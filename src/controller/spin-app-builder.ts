@@ -15,8 +15,6 @@ export function dsaLabelValue(name: string): string {
   return `${name.slice(0, 63 - hash.length - 1).replace(/[^a-z0-9]+$/, "")}-${hash}`;
 }
 
-const names = new Map<string, string>();
-
 /** `<deviceSpinApp>-<hash>`: a DNS label of at most 52 characters, the same for the same pair. */
 export function spinAppName(dsa: { metadata: { namespace?: string; name?: string } }, deviceName: string): string {
   const key = `${dsa.metadata.namespace}/${dsa.metadata.name}\0${deviceName}`;
@@ -28,9 +26,6 @@ export function spinAppName(dsa: { metadata: { namespace?: string; name?: string
       .replace(/\./g, "-")
       .replace(/[^a-z0-9]+$/, "");
     name = `${prefix}-${hash}`;
-    // Every plan names every observed SpinApp again: remembered, as sha256 per app per plan showed
-    // in profiles. Bounded like the build cache; a forgotten name is only computed again.
-    if (names.size >= 20_000) names.delete(names.keys().next().value as string);
     names.set(key, name);
   }
   return name;
@@ -146,6 +141,8 @@ export class LruMap<K, V> {
 }
 
 const built = new LruMap<string, BuildResult>(20_000);
+/** Every plan names every observed SpinApp again: sha256 per app per plan showed in profiles. */
+const names = new LruMap<string, string>(20_000);
 
 /**
  * buildSpinApp, remembered per DeviceSpinApp and Device spec (uid + generation; status writes do

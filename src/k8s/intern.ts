@@ -17,27 +17,6 @@ export function intern<T extends string | undefined>(s: T): T {
   return s;
 }
 
-/** A record with its values interned (label values, property values that repeat). */
-export function internValues(record: Record<string, string> | undefined): Record<string, string> | undefined {
-  if (!record) return record;
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(record)) out[k] = intern(v);
-  return out;
-}
-
-/** Owner references with their repeated fields interned. */
-export function internOwners<T extends { apiVersion?: string; kind?: string; name?: string; uid?: string }>(
-  owners: T[] | undefined,
-): T[] | undefined {
-  return owners?.map((o) => ({
-    ...o,
-    apiVersion: intern(o.apiVersion),
-    kind: intern(o.kind),
-    name: intern(o.name),
-    uid: intern(o.uid),
-  }));
-}
-
 /** A JSON value with every string in it interned (a SpinApp's spec, a Device's properties). */
 export function internDeep<T>(value: T): T {
   if (typeof value === "string") return intern(value) as T;
