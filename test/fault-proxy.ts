@@ -1,6 +1,13 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse, STATUS_CODES } from "node:http";
-import { Agent, createServer, request, type Server } from "node:https";
+import {
+  createSecureServer,
+  type Http2SecureServer,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  constants as h2,
+} from "node:http2";
+import { Agent, request } from "node:https";
 import { isIP, type Socket } from "node:net";
 
 /** Which requests a plan may touch; `path` is without the query string. */
@@ -130,12 +137,28 @@ function statusBody(code: number, message: string): string {
   });
 }
 
-/** End-to-end headers, each with all its values (headersDistinct): repeated ones such as
- * Impersonate-Group or Warning must stay separate lines, not be joined with commas. */
-function forwardable(headers: NodeJS.Dict<string[]>): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
+/** End-to-end headers, each with all its values: repeated ones such as Impersonate-Group or
+ * Warning must stay separate lines, not be joined with commas. HTTP/2 pseudo-headers stay behind. */
+function forwardable(rawHeaders: string[]): OutgoingHttpHeaders {
+  const out: Record<string, string[]> = {};
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const k = (rawHeaders[i] as string).toLowerCase();
+    if (k.startsWith(":") || HOP_BY_HOP.has(k)) continue;
+    out[k] = [...(out[k] ?? []), rawHeaders[i + 1] as string];
+  }
   return out;
+}
+
+/** A client request, HTTP/1.1 or HTTP/2 (the compatibility API). */
+type Req = IncomingMessage | Http2ServerRequest;
+type Res = ServerResponse | Http2ServerResponse;
+
+function isH2(res: Res): res is Http2ServerResponse {
+  return "stream" in res;
+}
+
+function gone(res: Res): boolean {
+  return isH2(res) ? res.stream.destroyed : res.destroyed;
 }
 
 function validate(plan: FaultPlan): FaultPlan {
@@ -151,7 +174,7 @@ function validate(plan: FaultPlan): FaultPlan {
 }
 
 /**
- * An HTTPS proxy for kube-apiserver on 127.0.0.1 that injects faults (errors, connection resets,
+ * An HTTPS proxy for kube-apiserver on 127.0.0.1, HTTP/2 (as the apiserver) or HTTP/1.1, that injects faults (errors, connection resets,
  * delays, early watch ends, failing first lists) from a seeded PRNG, so a run is reproducible
  * given the seed and the order requests arrive in. Everything else is forwarded unchanged and
  * streamed both ways, so watches work through it. Upgrade requests (exec, port-forward) are not
@@ -180,7 +203,7 @@ export class FaultProxy {
   private stopped = false;
 
   private constructor(
-    private readonly server: Server,
+    private readonly server: Http2SecureServer,
     private readonly upstream: URL,
     private readonly agent: Agent,
     /** The CA clients should trust: the same file the proxy was given for the upstream. */
@@ -201,7 +224,7 @@ export class FaultProxy {
       readFile(options.certFile),
       readFile(options.keyFile),
     ]);
-    const server = createServer({ cert, key });
+    const server = createSecureServer({ cert, key, allowHTTP1: true });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(options.port ?? 0, "127.0.0.1", () => {
@@ -219,7 +242,7 @@ export class FaultProxy {
       socket.once("close", () => proxy.sockets.delete(key));
     });
     server.on("secureConnection", () => proxy.tally.connections++);
-    server.on("request", (req: IncomingMessage, res) => proxy.handle(req, res));
+    server.on("request", (req: Req, res: Res) => proxy.handle(req, res));
     return proxy;
   }
 
@@ -280,14 +303,22 @@ export class FaultProxy {
     this.log.push({ seq, method: req.method, path: req.path, kind, ...(detail === undefined ? {} : { detail }) });
   }
 
-  /** Resets the client's TCP connection (RST, so the client sees ECONNRESET rather than a clean close). */
-  private reset(req: IncomingMessage): void {
+  /**
+   * Resets the client's TCP connection (RST, so the client sees ECONNRESET rather than a clean
+   * close). Over HTTP/2 the request's own stream is reset (RST_STREAM) instead: a connection reset
+   * there would end every stream the client has, watches and all, not one request.
+   */
+  private reset(req: Req, res: Res): void {
+    if (isH2(res)) {
+      res.stream.close(h2.NGHTTP2_INTERNAL_ERROR);
+      return;
+    }
     const raw = this.sockets.get(`${req.socket.remoteAddress}:${req.socket.remotePort}`);
     if (raw) raw.resetAndDestroy();
     else req.socket.destroy();
   }
 
-  private handle(req: IncomingMessage, res: ServerResponse): void {
+  private handle(req: Req, res: Res): void {
     const seq = this.seq++;
     this.tally.requests++;
     const target = new URL(req.url ?? "/", "http://x");
@@ -328,7 +359,7 @@ export class FaultProxy {
     if (reset && roll.resetPhase < 0.5) {
       this.tally.resets++;
       this.record(seq, info, "reset-before");
-      this.reset(req);
+      this.reset(req, res);
       return;
     }
     if (eligible && roll.error < plan.errorRate) {
@@ -354,7 +385,7 @@ export class FaultProxy {
     } else go();
   }
 
-  private fail(req: IncomingMessage, res: ServerResponse, code: number, message: string): void {
+  private fail(req: Req, res: Res, code: number, message: string): void {
     req.resume(); // drain any body so the connection stays usable
     const body = statusBody(code, message);
     res.writeHead(code, {
@@ -368,8 +399,8 @@ export class FaultProxy {
   private forward(
     seq: number,
     info: FaultRequest,
-    req: IncomingMessage,
-    res: ServerResponse,
+    req: Req,
+    res: Res,
     resetAfter: boolean,
     closeAfter: number | undefined,
   ): void {
@@ -383,7 +414,7 @@ export class FaultProxy {
       servername: isIP(host) ? "" : host,
       method: req.method,
       path: req.url,
-      headers: forwardable(req.headersDistinct),
+      headers: forwardable(req.rawHeaders),
     });
     // If the client goes away (or is reset), drop the upstream side too: no leaked watches.
     res.once("close", () => {
@@ -391,7 +422,7 @@ export class FaultProxy {
     });
     upReq.once("error", (err) => {
       if (res.writableEnded) return; // we ended it (watch-close); the upstream side is moot
-      if (res.headersSent || res.destroyed) {
+      if (res.headersSent || gone(res)) {
         res.destroy();
         return;
       }
@@ -405,20 +436,24 @@ export class FaultProxy {
         this.tally.resets++;
         this.record(seq, info, "reset-after");
         upRes.destroy();
-        this.reset(req);
+        this.reset(req, res);
         return;
       }
-      const headers = forwardable(upRes.headersDistinct);
-      res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, headers);
-      // Flush the headers now: a watch may send nothing for a long time.
-      res.flushHeaders();
+      const headers = forwardable(upRes.rawHeaders);
+      if (isH2(res))
+        res.writeHead(upRes.statusCode ?? 502, headers); // sent at once; no status text in HTTP/2
+      else {
+        res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, headers);
+        // Flush the headers now: a watch may send nothing for a long time.
+        res.flushHeaders();
+      }
       upRes.pipe(res);
       upRes.once("error", () => {
         if (!res.writableEnded) res.destroy();
       });
       if (closeAfter !== undefined) {
         this.after(closeAfter, () => {
-          if (res.writableEnded || res.destroyed) return;
+          if (res.writableEnded || gone(res)) return;
           // Ends the chunked stream cleanly, as the apiserver does when a watch times out.
           this.tally.watchCloses++;
           this.record(seq, info, "watch-close", closeAfter);

@@ -1,16 +1,15 @@
 /**
  * A stand-in Kubernetes apiserver for starting `spindle agent` and `spindle controller` without a
- * cluster (test/unit/runtime.test.ts, test/bench/startup.ts): HTTPS with a throwaway self-signed
- * certificate, every collection empty, watches held open, writes stored and echoed. Enough for a
+ * cluster (test/unit/runtime.test.ts, test/bench/startup.ts): HTTP/2 (and HTTP/1.1) over TLS with a
+ * throwaway self-signed certificate, every collection empty, watches held open, writes stored and echoed. Enough for a
  * process to start, sync and sit idle; not a model of the API's semantics.
  */
-import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer, type Server } from "node:https";
-import type { AddressInfo } from "node:net";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createSecureServer } from "node:http2";
+import type { AddressInfo, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
+import { selfSignedCert } from "./self-signed-cert.js";
 
 type Obj = { metadata?: { name?: string; namespace?: string; resourceVersion?: string } } & Record<string, unknown>;
 
@@ -32,24 +31,14 @@ function resourceSegments(pathname: string): string[] | undefined {
 
 export async function startStubApiserver(): Promise<StubApiserver> {
   const dir = await mkdtemp(join(tmpdir(), "spindle-stub-apiserver-"));
-  const keyFile = join(dir, "key.pem");
-  const certFile = join(dir, "cert.pem");
-  await promisify(execFile)("openssl", [
-    ...["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"],
-    ...["-keyout", keyFile, "-out", certFile, "-days", "1", "-subj", "/CN=127.0.0.1"],
-    ...["-addext", "subjectAltName=IP:127.0.0.1"],
-  ]).catch((err: NodeJS.ErrnoException) => {
-    throw err.code === "ENOENT"
-      ? new Error("the stand-in apiserver makes its certificate with the openssl CLI: apt-get install openssl")
-      : err;
-  });
-  const [key, cert] = await Promise.all([readFile(keyFile), readFile(certFile)]);
+  const { key, cert } = await selfSignedCert();
   const objects = new Map<string, Obj>();
   const requests: string[] = [];
   let resourceVersion = 1;
-  const watches = new Set<import("node:http").ServerResponse>();
+  const watches = new Set<{ destroy(): void }>();
 
-  const server: Server = createServer({ key, cert }, (req, res) => {
+  // HTTP/2 as kube-apiserver offers it, HTTP/1.1 for clients that ask for it.
+  const server = createSecureServer({ key, cert, allowHTTP1: true }, (req, res) => {
     const url = new URL(req.url ?? "/", "https://127.0.0.1");
     requests.push(`${req.method} ${url.pathname}`);
     const chunks: Buffer[] = [];
@@ -66,7 +55,8 @@ export async function startStubApiserver(): Promise<StubApiserver> {
       const collection = segments.length === 1;
       if (req.method === "GET" && collection && ["true", "1"].includes(url.searchParams.get("watch") ?? "")) {
         res.writeHead(200, { "content-type": "application/json" });
-        res.flushHeaders();
+        // An HTTP/2 writeHead sends the headers; an HTTP/1.1 one waits for a body without this.
+        (res as unknown as { flushHeaders(): void }).flushHeaders();
         watches.add(res);
         res.on("close", () => watches.delete(res));
         return;
@@ -105,6 +95,11 @@ export async function startStubApiserver(): Promise<StubApiserver> {
       send(req.method === "POST" ? 201 : 200, stored);
     });
   });
+  const sockets = new Set<Socket>();
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const { port } = server.address() as AddressInfo;
   const kubeconfig = join(dir, "kubeconfig");
@@ -129,7 +124,7 @@ export async function startStubApiserver(): Promise<StubApiserver> {
     requests,
     async close() {
       for (const w of watches) w.destroy();
-      server.closeAllConnections();
+      for (const socket of sockets) socket.destroy();
       await new Promise<void>((r) => server.close(() => r()));
       await rm(dir, { recursive: true, force: true });
     },

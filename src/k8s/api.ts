@@ -1,4 +1,14 @@
+import {
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  connect as connectH2,
+  constants as h2,
+  type OutgoingHttpHeaders,
+} from "node:http2";
 import { Agent, request as httpsRequest, type RequestOptions } from "node:https";
+import { isIP } from "node:net";
+import type { Readable } from "node:stream";
+import { connect as connectTls } from "node:tls";
 import { noteWork } from "../runtime/settled-gc.js";
 import type { ClusterAccess } from "./kubeconfig.js";
 
@@ -27,7 +37,7 @@ export interface RequestInit {
   body?: unknown;
   contentType?: string;
   signal?: AbortSignal;
-  /** Whole-request timeout; default 30 s. */
+  /** Whole-request timeout, connecting included; default 30 s. */
   timeoutMs?: number;
 }
 
@@ -45,21 +55,47 @@ export function countConnections(agent: Agent, also?: () => void): Agent {
   return agent;
 }
 
-/** With the Lease's own connection, at most 10 TLS connections per process. */
+/** Over HTTP/1.1 only: with the Lease's own connection, at most 10 TLS connections per process. */
 const MAX_SOCKETS = 9;
+
+/**
+ * HTTP/2 health checks, as client-go's (read-idle 30 s, ping timeout 15 s): every stream shares
+ * one connection, so a dead one that TCP has not noticed (a NAT that forgot it, a partition)
+ * would stall every watch and write at once. Mutable for tests only.
+ */
+export const h2HealthCheck = { everyMs: 30_000, timeoutMs: 15_000 };
+
+/** Per-stream and connection flow-control windows: a 500-object list page in one round trip. */
+const STREAM_WINDOW = 1 << 20;
+const SESSION_WINDOW = 16 << 20;
 
 export type WatchEvent<T> = { type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR"; object: T };
 
+/** A request sent: its response once the headers arrive, and a way to cancel it. */
+interface Exchange {
+  response: Promise<{ status: number; body: Readable }>;
+  cancel(err?: Error): void;
+}
+
+/** Session-level failures of an HTTP/2 stream the server never processed: safe to send again. */
+const UNPROCESSED = new Set(["ERR_HTTP2_GOAWAY_SESSION", "ERR_HTTP2_INVALID_SESSION", "ERR_HTTP2_STREAM_CANCEL"]);
+
 /**
- * The thin request layer under every Spindle API call: JSON over one keep-alive HTTPS agent per
- * kubeconfig, so a process opens a handful of TLS connections, not one per call (client-node makes
- * a new agent, hence a new handshake, for every request). Auth comes from the kubeconfig on each
- * call (tokens, client certificates, exec plugins refresh as client-node does them).
+ * The thin request layer under every Spindle API call: JSON over one HTTP/2 connection per
+ * kubeconfig, every list, watch and write a stream of it (as client-go does), so a process opens
+ * one TLS connection, not one per call (client-node makes a new agent, hence a new handshake, for
+ * every request), and writes never queue behind watches for a socket. A server that does not
+ * offer h2 in ALPN gets HTTP/1.1 over a few keep-alive sockets instead. Auth comes from the
+ * kubeconfig on each call (tokens, client certificates, exec plugins).
  */
 export class Api {
   private static byConfig = new WeakMap<ClusterAccess, Api>();
-  private agent: Agent | undefined;
   private server: URL;
+  /** Learnt from the first connection's ALPN. */
+  private protocol: "h2" | "http/1.1" | undefined;
+  private session: ClientHttp2Session | undefined;
+  private connecting: Promise<ClientHttp2Session | undefined> | undefined;
+  private agent: Agent | undefined;
 
   private constructor(private kc: ClusterAccess) {
     const cluster = kc.getCurrentCluster();
@@ -82,76 +118,40 @@ export class Api {
   /** Connections every Api of this process opened, for the process's metrics. */
   static opened = 0;
 
-  private async options(method: string, path: string, init: RequestInit): Promise<RequestOptions> {
-    const opts: RequestOptions = { method, headers: {} };
-    await this.kc.applyToHTTPSOptions(opts);
-    if (!this.agent) {
-      this.agent = new Agent({
-        keepAlive: true,
-        // Watches hold a socket each (5 at most, the controller's caches); the rest carry
-        // requests, queued here rather than opening a connection per request in flight.
-        maxSockets: MAX_SOCKETS,
-        ca: opts.ca,
-        cert: opts.cert,
-        key: opts.key,
-        servername: opts.servername,
-        ...(opts.rejectUnauthorized !== undefined ? { rejectUnauthorized: opts.rejectUnauthorized } : {}),
-      });
-      countConnections(this.agent, () => this.connections++);
-    }
-    const query = Object.entries(init.query ?? {})
-      .filter(([, v]) => v !== undefined && v !== "")
-      .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`)
-      .join("&");
-    const headers: Record<string, string> = { ...(opts.headers as Record<string, string>), Accept: "application/json" };
-    if (init.body !== undefined) headers["Content-Type"] = init.contentType ?? "application/json";
-    return {
-      method,
-      host: this.server.hostname,
-      port: this.server.port || 443,
-      path: `${this.server.pathname.replace(/\/$/, "")}${path}${query ? `?${query}` : ""}`,
-      headers,
-      agent: this.agent,
-      ...(opts.auth ? { auth: opts.auth } : {}),
-    };
+  /** The protocol in use, once the first connection has told ("h2" or "http/1.1"). */
+  get negotiated(): string | undefined {
+    return this.protocol;
   }
 
   /** One call; resolves with the parsed JSON body, rejects with ApiError on a status >= 300. */
   async request<T>(method: string, path: string, init: RequestInit = {}): Promise<T> {
-    const options = await this.options(method, path, init);
     noteWork();
-    const payload = init.body === undefined ? undefined : Buffer.from(JSON.stringify(init.body));
-    // A sized body, not a chunked one: some proxies refuse a chunked DELETE.
-    if (payload) (options.headers as Record<string, string | number>)["Content-Length"] = payload.length;
-    return new Promise<T>((resolve, reject) => {
-      const req = httpsRequest(options, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", reject);
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          const code = res.statusCode ?? 500;
-          if (code >= 300) reject(new ApiError(code, text, method, path));
-          else {
-            try {
-              resolve((text ? JSON.parse(text) : {}) as T);
-            } catch (err) {
-              reject(err);
-            }
-          }
-        });
-      });
-      const timer = setTimeout(() => req.destroy(new Error(`${method} ${path}: timed out`)), init.timeoutMs ?? 30_000);
-      const abort = () => req.destroy(new Error(`${method} ${path}: aborted`));
-      init.signal?.addEventListener("abort", abort, { once: true });
-      req.on("close", () => {
-        clearTimeout(timer);
-        init.signal?.removeEventListener("abort", abort);
-      });
-      req.on("error", reject);
-      if (init.signal?.aborted) abort();
-      req.end(payload);
-    });
+    const ms = init.timeoutMs ?? 30_000;
+    const deadline = AbortSignal.timeout(ms);
+    const signal = init.signal ? AbortSignal.any([init.signal, deadline]) : deadline;
+    const why = () => new Error(`${method} ${path}: ${deadline.aborted ? "timed out" : "aborted"}`);
+    for (let attempt = 0; ; attempt++) {
+      if (signal.aborted) throw why();
+      const exchange = await this.send(method, path, init, signal);
+      if (!exchange) throw why();
+      const abort = () => exchange.cancel();
+      signal.addEventListener("abort", abort, { once: true });
+      let answered = false;
+      try {
+        const { status, body } = await exchange.response;
+        answered = true;
+        const text = await readAll(body);
+        if (status >= 300) throw new ApiError(status, text, method, path);
+        return (text ? JSON.parse(text) : {}) as T;
+      } catch (err) {
+        if (signal.aborted) throw why();
+        // A stream the server never saw (its connection was going away): send it once more.
+        if (!answered && attempt === 0 && UNPROCESSED.has((err as NodeJS.ErrnoException).code ?? "")) continue;
+        throw err;
+      } finally {
+        signal.removeEventListener("abort", abort);
+      }
+    }
   }
 
   /**
@@ -165,28 +165,17 @@ export class Api {
     onEvent: (event: WatchEvent<T>) => void,
     signal: AbortSignal,
   ): Promise<void> {
-    const options = await this.options("GET", path, { query: { ...query, watch: 1 } });
-    return new Promise<void>((resolve, reject) => {
-      let settled = false;
-      const finish = (err?: unknown) => {
-        if (settled) return;
-        settled = true;
-        signal.removeEventListener("abort", abort);
-        if (err && !signal.aborted) reject(err);
-        else resolve();
-      };
-      const req = httpsRequest(options, (res) => {
-        const code = res.statusCode ?? 500;
-        if (code >= 300) {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => finish(new ApiError(code, Buffer.concat(chunks).toString("utf8"), "WATCH", path)));
-          res.on("error", finish);
-          return;
-        }
+    const exchange = await this.send("GET", path, { query: { ...query, watch: 1 } }, signal);
+    if (!exchange) return;
+    const abort = () => exchange.cancel();
+    signal.addEventListener("abort", abort, { once: true });
+    try {
+      const { status, body } = await exchange.response;
+      if (status >= 300) throw new ApiError(status, await readAll(body), "WATCH", path);
+      await new Promise<void>((resolve, reject) => {
         let buffered = "";
-        res.setEncoding("utf8");
-        res.on("data", (chunk: string) => {
+        body.setEncoding("utf8");
+        body.on("data", (chunk: string) => {
           buffered += chunk;
           let newline = buffered.indexOf("\n");
           while (newline >= 0) {
@@ -197,20 +186,251 @@ export class Api {
             try {
               onEvent(JSON.parse(line) as WatchEvent<T>);
             } catch (err) {
-              req.destroy(err as Error);
+              exchange.cancel(err as Error);
               return;
             }
           }
         });
-        res.on("end", () => finish());
-        res.on("error", finish);
-        res.on("close", () => finish(res.complete ? undefined : new Error(`watch ${path}: connection closed`)));
+        settleOnEnd(body, `watch ${path}`, resolve, reject);
       });
-      const abort = () => req.destroy();
-      signal.addEventListener("abort", abort, { once: true });
-      req.on("error", finish);
-      if (signal.aborted) abort();
-      req.end();
+    } catch (err) {
+      if (!signal.aborted) throw err;
+    } finally {
+      signal.removeEventListener("abort", abort);
+    }
+  }
+
+  /** Sends one request on the current connection (opening it if needed); undefined once aborted. */
+  private async send(
+    method: string,
+    path: string,
+    init: RequestInit,
+    signal: AbortSignal,
+  ): Promise<Exchange | undefined> {
+    const opts: RequestOptions = { method, headers: {} };
+    await this.kc.applyToHTTPSOptions(opts);
+    const query = Object.entries(init.query ?? {})
+      .filter(([, v]) => v !== undefined && v !== "")
+      .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`)
+      .join("&");
+    const fullPath = `${this.server.pathname.replace(/\/$/, "")}${path}${query ? `?${query}` : ""}`;
+    const headers: Record<string, string | number> = {
+      ...(opts.headers as Record<string, string>),
+      Accept: "application/json",
+    };
+    if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString("base64")}`;
+    // A sized body, not a chunked one: some proxies refuse a chunked DELETE.
+    const payload = init.body === undefined ? undefined : Buffer.from(JSON.stringify(init.body));
+    if (payload) {
+      headers["Content-Type"] = init.contentType ?? "application/json";
+      headers["Content-Length"] = payload.length;
+    }
+    const session = await this.h2Session(opts, signal);
+    if (signal.aborted) return undefined;
+    return session
+      ? this.sendH2(session, method, fullPath, headers, payload)
+      : this.sendH1(opts, method, fullPath, headers, payload);
+  }
+
+  private sendH2(
+    session: ClientHttp2Session,
+    method: string,
+    path: string,
+    headers: Record<string, string | number>,
+    payload: Buffer | undefined,
+  ): Exchange {
+    const h: OutgoingHttpHeaders = { [h2.HTTP2_HEADER_METHOD]: method, [h2.HTTP2_HEADER_PATH]: path };
+    for (const [k, v] of Object.entries(headers)) h[k.toLowerCase()] = v;
+    let stream: ClientHttp2Stream;
+    try {
+      stream = session.request(h, { endStream: payload === undefined });
+    } catch (err) {
+      return { response: Promise.reject(err), cancel: () => {} };
+    }
+    this.track(session, stream);
+    const response = new Promise<{ status: number; body: Readable }>((resolve, reject) => {
+      stream.once("response", (headers) => {
+        resolve({ status: Number(headers[h2.HTTP2_HEADER_STATUS] ?? 500), body: stream });
+      });
+      stream.once("error", (err) =>
+        reject(
+          stream.rstCode === h2.NGHTTP2_REFUSED_STREAM
+            ? Object.assign(new Error(`${method} ${path}: stream refused`), { code: "ERR_HTTP2_STREAM_CANCEL" })
+            : err,
+        ),
+      );
+      stream.once("close", () =>
+        reject(new Error(`${method} ${path}: stream closed before a response (code ${stream.rstCode})`)),
+      );
+    });
+    response.catch(() => {});
+    if (payload) stream.end(payload);
+    return {
+      response,
+      cancel: (err) => {
+        if (err) stream.destroy(err);
+        else stream.close(h2.NGHTTP2_CANCEL);
+      },
+    };
+  }
+
+  /** Refs the connection while it carries a stream, so an idle one never keeps a process alive. */
+  private track(session: ClientHttp2Session, stream: ClientHttp2Stream): void {
+    const live = session as ClientHttp2Session & { spindleStreams?: number };
+    live.spindleStreams = (live.spindleStreams ?? 0) + 1;
+    if (live.spindleStreams === 1) session.ref();
+    stream.once("close", () => {
+      live.spindleStreams = (live.spindleStreams ?? 1) - 1;
+      if (live.spindleStreams === 0 && !session.destroyed) session.unref();
     });
   }
+
+  private sendH1(
+    opts: RequestOptions,
+    method: string,
+    path: string,
+    headers: Record<string, string | number>,
+    payload: Buffer | undefined,
+  ): Exchange {
+    if (!this.agent) {
+      this.agent = new Agent({
+        keepAlive: true,
+        // Watches hold a socket each; the rest carry requests, queued here rather than opening a
+        // connection per request in flight.
+        maxSockets: MAX_SOCKETS,
+        ...tlsOf(opts),
+      });
+      countConnections(this.agent, () => this.connections++);
+    }
+    const req = httpsRequest({
+      method,
+      host: this.server.hostname,
+      port: this.server.port || 443,
+      path,
+      headers,
+      agent: this.agent,
+    });
+    const response = new Promise<{ status: number; body: Readable }>((resolve, reject) => {
+      req.once("response", (res) => resolve({ status: res.statusCode ?? 500, body: res }));
+      req.once("error", reject);
+    });
+    response.catch(() => {});
+    req.end(payload);
+    return { response, cancel: (err) => req.destroy(err) };
+  }
+
+  /** The HTTP/2 connection, opened on first use; undefined where the server speaks only HTTP/1.1. */
+  private async h2Session(opts: RequestOptions, signal: AbortSignal): Promise<ClientHttp2Session | undefined> {
+    if (this.protocol === "http/1.1") return undefined;
+    const current = this.session;
+    if (current && !current.closed && !current.destroyed) return current;
+    this.connecting ??= this.connect(opts).finally(() => {
+      this.connecting = undefined;
+    });
+    return untilAborted(this.connecting, signal);
+  }
+
+  private connect(opts: RequestOptions): Promise<ClientHttp2Session | undefined> {
+    const host = this.server.hostname.replace(/^\[|\]$/g, "");
+    const tls = tlsOf(opts);
+    return new Promise((resolve, reject) => {
+      const socket = connectTls({
+        host,
+        port: Number(this.server.port || 443),
+        ...tls,
+        // An IP can't be an SNI name: the certificate is checked against `host` instead.
+        servername: tls.servername ?? (isIP(host) ? undefined : host),
+        ALPNProtocols: ["h2", "http/1.1"],
+      });
+      this.connections++;
+      Api.opened++;
+      socket.setTimeout(30_000, () => socket.destroy(new Error(`connecting to ${this.server.origin}: timed out`)));
+      socket.once("error", reject);
+      socket.once("secureConnect", () => {
+        socket.off("error", reject);
+        socket.setTimeout(0);
+        if (socket.alpnProtocol !== "h2") {
+          // The server, or a proxy in front of it, speaks only HTTP/1.1.
+          this.protocol = "http/1.1";
+          socket.destroy();
+          resolve(undefined);
+          return;
+        }
+        this.protocol = "h2";
+        const session = connectH2(this.server.origin, {
+          createConnection: () => socket,
+          settings: { initialWindowSize: STREAM_WINDOW },
+        });
+        session.setLocalWindowSize(SESSION_WINDOW);
+        session.on("error", () => {}); // each stream sees it
+        const drop = () => {
+          clearInterval(health);
+          if (this.session === session) this.session = undefined;
+        };
+        session.once("goaway", drop);
+        session.once("close", drop);
+        const health = setInterval(() => {
+          const timer = setTimeout(
+            () =>
+              session.destroy(new Error(`${this.server.origin}: no answer to a ping in ${h2HealthCheck.timeoutMs} ms`)),
+            h2HealthCheck.timeoutMs,
+          );
+          timer.unref();
+          try {
+            session.ping((err) => {
+              clearTimeout(timer);
+              if (err) session.destroy(err);
+            });
+          } catch {
+            clearTimeout(timer);
+          }
+        }, h2HealthCheck.everyMs);
+        health.unref();
+        session.unref();
+        this.session = session;
+        resolve(session);
+      });
+    });
+  }
+}
+
+function tlsOf(opts: RequestOptions) {
+  return {
+    ca: opts.ca,
+    cert: opts.cert,
+    key: opts.key,
+    servername: opts.servername,
+    ...(opts.rejectUnauthorized !== undefined ? { rejectUnauthorized: opts.rejectUnauthorized } : {}),
+  };
+}
+
+/** Calls resolve when `body` ends, reject when it fails or closes before its end. */
+function settleOnEnd(body: Readable, what: string, resolve: () => void, reject: (err: Error) => void): void {
+  let ended = false;
+  body.once("end", () => {
+    ended = true;
+    resolve();
+  });
+  body.once("error", reject);
+  body.once("close", () => {
+    if (!ended) reject(new Error(`${what}: connection closed`));
+  });
+}
+
+function readAll(body: Readable): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    body.on("data", (c: Buffer) => chunks.push(c));
+    settleOnEnd(body, "response", () => resolve(Buffer.concat(chunks).toString("utf8")), reject);
+  });
+}
+
+/** `p`, or undefined as soon as `signal` aborts (p carries on for whoever else waits on it). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T | undefined> {
+  if (signal.aborted) return Promise.resolve(undefined);
+  return new Promise((resolve, reject) => {
+    const abort = () => resolve(undefined);
+    signal.addEventListener("abort", abort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", abort));
+  });
 }

@@ -6,6 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { Api } from "../../src/k8s/api.js";
+import { loadKubeConfig } from "../../src/k8s/kubeconfig.js";
 import { loadClientNodeConfig } from "../../src/sandbox/client-node.js";
 import { type FaultPlan, FaultProxy } from "../fault-proxy.js";
 
@@ -91,7 +93,7 @@ class FakeApiserver {
     });
     const url = new URL(req.url ?? "/", "https://x");
     const echo = { "X-Echo-Authorization": req.headers.authorization ?? "", "X-Upstream": "fake", Warning: ["a", "b"] };
-    if (url.searchParams.get("watch") === "true") {
+    if (["true", "1"].includes(url.searchParams.get("watch") ?? "")) {
       res.writeHead(200, { "Content-Type": "application/json", ...echo });
       let n = 0;
       const line = () => res.write(`${JSON.stringify({ type: "ADDED", object: { n: n++ } })}\n`);
@@ -346,6 +348,29 @@ describe("FaultProxy", () => {
     // A reset after forwarding reached the apiserver (the write happened); one before did not.
     expect(upstream.seen.length).toBe(after);
     expect(p.counts).toMatchObject({ requests: 20, resets: 20, forwarded: after });
+  });
+
+  it("serves HTTP/2 clients on one connection; a reset there ends the request's stream, not the connection", async () => {
+    const p = await startProxy();
+    const path = join(dir, "kubeconfig-h2");
+    await p.writeKubeconfig(path, TOKEN);
+    const api = Api.for(await loadKubeConfig(path));
+    const lines: string[] = [];
+    const stop = new AbortController();
+    const watching = api.watch(LIST, { resourceVersion: 1 }, (e) => lines.push(e.type), stop.signal);
+    const lists = await Promise.all(Array.from({ length: 5 }, () => api.request<{ kind: string }>("GET", LIST)));
+    expect(lists.map((l) => l.kind)).toEqual(Array(5).fill("ConfigMapList"));
+    p.setPlan({ resetRate: 1, only: (r) => !r.watch });
+    for (let i = 0; i < 6; i++)
+      await expect(api.request("POST", LIST, { body: {} })).rejects.toThrow(/NGHTTP2_INTERNAL_ERROR/);
+    p.calm();
+    await sleep(120);
+    stop.abort();
+    await watching;
+    // The watch carried on through the resets, and everything shared one TLS connection.
+    expect(lines.length).toBeGreaterThanOrEqual(2);
+    expect(api.negotiated).toBe("h2");
+    expect(p.counts).toMatchObject({ connections: 1, resets: 6 });
   });
 
   it("with watchCloseRate 1 ends a watch early and cleanly, after data flowed", async () => {
