@@ -108,9 +108,11 @@ function traceReady(app: Obj, before: Obj | undefined): void {
   }).end();
 }
 
+const externalHandlers = (n: Obj | undefined) => n?.metadata?.annotations?.[EXTERNAL_HANDLERS_ANNOTATION];
+
 /** The controller needs only which Nodes exist, and which external handlers their agents have. */
 function projectNode(n: Obj): Obj {
-  const external = n.metadata?.annotations?.[EXTERNAL_HANDLERS_ANNOTATION];
+  const external = externalHandlers(n);
   return {
     metadata: {
       name: n.metadata?.name,
@@ -178,7 +180,20 @@ export class Controller {
         log,
       ),
       configs: new Cache(kc, { type: DEVICE_CONFIGURATIONS, onChange }, log),
-      nodes: new Cache(kc, { type: NODES, project: projectNode, onChange }, log),
+      nodes: new Cache(
+        kc,
+        {
+          type: NODES,
+          project: projectNode,
+          // A Node's status and labels change every few seconds (heartbeats, kubelet): a plan of
+          // 10,000 Devices for each would be 20 MiB of garbage. Only its coming, going and
+          // external handlers matter here.
+          onChange: (node, verb, before) => {
+            if (verb !== "update" || externalHandlers(node) !== externalHandlers(before)) onChange();
+          },
+        },
+        log,
+      ),
     };
     this.dra = new ControllerDra(
       kc,

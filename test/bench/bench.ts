@@ -20,7 +20,7 @@ import { DEVICE_CONFIGURATIONS, DEVICE_SPIN_APPS, ResourceClient } from "../../s
 import { applyObject } from "../../src/sandbox/client-node.js";
 import { ControlPlane, EXECUTOR, spinAppExecutor } from "../../src/sandbox/control-plane.js";
 import { freePort } from "../../src/sandbox/processes.js";
-import { cpuSeconds, IMAGE_ENV, percentile, reportWith, rssMiB, sleep, untilWith } from "./common.js";
+import { cpuSeconds, IMAGE_ENV, metric, percentile, reportWith, rssMiB, sleep, untilWith } from "./common.js";
 
 const SCALE = Number(process.env.BENCH_DEVICES ?? 1000);
 const LARGE = Number(process.env.BENCH_LARGE_DEVICES ?? 10000);
@@ -452,21 +452,42 @@ async function largeRun(): Promise<void> {
     } as never);
     const burstStart = Date.now();
     const controllerWrites = await apiWrites(controllerPort);
+    let peak = 0;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, rssMiB(controller.pid!));
+    }, 500);
     await until(
       `${LARGE} SpinApps and slots written`,
       async () => (await apiWrites(controllerPort)) - controllerWrites >= 2 * LARGE,
       1_800_000,
       1000,
     );
-    report("controller_burst_large", LARGE / ((Date.now() - burstStart) / 1000), "devices bound/s", {
+    const written = Date.now();
+    report("controller_burst_large", LARGE / ((written - burstStart) / 1000), "devices bound/s", {
       n: LARGE,
       writes: (await apiWrites(controllerPort)) - controllerWrites,
     });
     await sleep(20_000);
+    const at20 = rssMiB(controller.pid!);
+    // Caught up: the echo of the writes (20,000 watch events) planned, no reconcile for 5 s; then
+    // the settled collection (2 s after the last work).
+    let reconciles = await metric(controllerPort, "spindle_reconcile_duration_seconds_count");
+    let quietSince = Date.now();
+    while (Date.now() - quietSince < 5000) {
+      await sleep(500);
+      const now = await metric(controllerPort, "spindle_reconcile_duration_seconds_count");
+      if (now !== reconciles) quietSince = Date.now();
+      reconciles = now;
+    }
+    await sleep(3000);
+    clearInterval(sampler);
     report("controller_rss_after_burst_large", rssMiB(controller.pid!), "MiB", {
       devices: LARGE,
       spinApps: LARGE,
       heap_used_mib: Math.round(await heapMiB(controllerPort)),
+      caught_up_s: Math.round((Date.now() - written) / 1000),
+      rss_20s_after_writes_mib: Math.round(at20),
+      peak_rss_mib: Math.round(peak),
     });
   } finally {
     for (const c of children) c.kill("SIGTERM");

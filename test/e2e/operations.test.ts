@@ -5,13 +5,14 @@ import type * as k8s from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { UsbFixture } from "../../discovery-handlers/usb/mock.js";
 import type { Device } from "../../src/api/device.js";
-import { DEVICE_CONFIGURATIONS, DEVICES, ResourceClient } from "../../src/k8s/resources.js";
+import { DEVICE_CONFIGURATIONS, DEVICES, NODES, ResourceClient } from "../../src/k8s/resources.js";
 import { freePort } from "../../src/sandbox/processes.js";
 import type { Snapshot } from "../../src/status/snapshot.js";
 import { eventually, kubeConfig } from "./cluster.js";
 import { SpindleProcess } from "./spindle-process.js";
 
 const run = promisify(execFile);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const BIN = resolve(import.meta.dirname, "../../bin/spindle.js");
 
 describe("operations: status, metrics, health, graceful shutdown", () => {
@@ -67,6 +68,28 @@ describe("operations: status, metrics, health, graceful shutdown", () => {
     await eventually("controller ready", async () => (await fetch(`http://127.0.0.1:${controllerPort}/readyz`)).ok);
     const controllerMetrics = await (await fetch(`http://127.0.0.1:${controllerPort}/metrics`)).text();
     expect(controllerMetrics).toMatch(/spindle_reconcile_duration_seconds_count \d+/);
+  });
+
+  it("does not plan again when a Node changes in what the controller ignores (heartbeats, labels)", async () => {
+    await eventually("controller ready", async () => (await fetch(`http://127.0.0.1:${controllerPort}/readyz`)).ok);
+    const reconciles = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${controllerPort}/metrics`)).text();
+      return Number(/^spindle_reconcile_duration_seconds_count (\d+)/m.exec(text)?.[1]);
+    };
+    const nodes = new ResourceClient(kc, NODES, "spindle-test-heartbeat");
+    const before = await reconciles();
+    for (let i = 0; i < 8; i++) {
+      await nodes.apply({
+        apiVersion: "v1",
+        kind: "Node",
+        metadata: { name: "edge-1", labels: { "spindle-test/beat": String(i) } },
+      } as never);
+      await sleep(150);
+    }
+    await sleep(500);
+    // At most one: the controller's periodic resync may fall in the window.
+    expect((await reconciles()) - before).toBeLessThanOrEqual(1);
+    await nodes.apply({ apiVersion: "v1", kind: "Node", metadata: { name: "edge-1" } } as never);
   });
 
   it("prints the picture with `spindle status`, as tables and as JSON", async () => {
