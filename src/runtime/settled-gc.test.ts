@@ -88,3 +88,38 @@ describe("compactingGc", () => {
     expect(compacted).toBeLessThan(plain * 0.7);
   });
 });
+
+describe("startSettledGc", () => {
+  it("bounds how far the old generation grows past what is live", () => {
+    // A live set, and a plan's worth of intermediate objects at a time that outlive a few
+    // scavenges (so they are promoted) and then die: V8 alone lets the heap grow to ~8x the live set.
+    const peak = (bounded: boolean) => {
+      const script = `
+        import { startSettledGc } from ${JSON.stringify(resolve(import.meta.dirname, "settled-gc.ts"))};
+        if (${bounded}) startSettledGc({ gc: () => {} });
+        const live = [];
+        for (let i = 0; i < 300000; i++) live.push({ name: "device-" + i, nodes: [i], spec: { i } });
+        let peak = 0;
+        const window = [];
+        for (let round = 0; round < 300; round++) {
+          window.push(Array.from({ length: 10000 }, (_, i) => ({ name: "x-" + round + "-" + i, v: [i] })));
+          if (window.length > 5) window.shift();
+          peak = Math.max(peak, process.memoryUsage().heapTotal);
+        }
+        console.log(JSON.stringify({ peak, live: live.length }));
+      `;
+      const run = spawnSync(
+        process.execPath,
+        ["--max-semi-space-size=1", "--import", "tsx", "--input-type=module", "-e", script],
+        { encoding: "utf8" },
+      );
+      expect(run.status, run.stderr).toBe(0);
+      const out = JSON.parse(run.stdout) as { peak: number; live: number };
+      expect(out.live).toBe(300_000);
+      return out.peak;
+    };
+    const unbounded = peak(false);
+    const bounded = peak(true);
+    expect(bounded).toBeLessThan(unbounded * 0.6);
+  });
+});
