@@ -233,7 +233,7 @@ export class ControllerDra {
       const have = classes.get(c.metadata!.name!);
       if (!have || !sameClass(have, c)) applies.push(c);
     }
-    // A few writes in flight (on the pool's keep-alive sockets): 10,000 Devices mean 10,000
+    // A few writes in flight (streams of the one connection): 10,000 Devices mean 10,000
     // classes, which one at a time take a round trip each.
     await inParallel(applies, CLASS_WRITES_IN_FLIGHT, async (c) => {
       const applied = await this.client.apply(c, true, { signal: this.options.signal });

@@ -123,6 +123,19 @@ describe("Api over HTTP/2", () => {
     });
   });
 
+  it("moves to a new connection when one has used up its stream ids", async () => {
+    const { server, seen } = h2Server();
+    const api = Api.for(access(await listen(server)));
+    await api.request("GET", "/echo/a");
+    // 2^31 streams take years; what Node does then is throw on the next request.
+    const session = (api as unknown as { session: { request: () => never } }).session;
+    session.request = () => {
+      throw Object.assign(new Error("no stream ids left"), { code: "ERR_HTTP2_OUT_OF_STREAMS" });
+    };
+    expect((await api.request<{ path: string }>("GET", "/echo/b")).path).toBe("/echo/b");
+    expect({ connections: api.connections, sessions: seen.sessions }).toEqual({ connections: 2, sessions: 2 });
+  });
+
   it("fails the streams of a connection that stops answering pings, then reconnects", async () => {
     h2HealthCheck.everyMs = 100;
     h2HealthCheck.timeoutMs = 200;

@@ -78,7 +78,12 @@ interface Exchange {
 }
 
 /** Session-level failures of an HTTP/2 stream the server never processed: safe to send again. */
-const UNPROCESSED = new Set(["ERR_HTTP2_GOAWAY_SESSION", "ERR_HTTP2_INVALID_SESSION", "ERR_HTTP2_STREAM_CANCEL"]);
+const UNPROCESSED = new Set([
+  "ERR_HTTP2_GOAWAY_SESSION",
+  "ERR_HTTP2_INVALID_SESSION",
+  "ERR_HTTP2_STREAM_CANCEL",
+  "ERR_HTTP2_OUT_OF_STREAMS",
+]);
 
 /**
  * The thin request layer under every Spindle API call: JSON over one HTTP/2 connection per
@@ -245,6 +250,11 @@ export class Api {
     try {
       stream = session.request(h, { endStream: payload === undefined });
     } catch (err) {
+      // 2^31 streams into a long life: a new connection takes over, this one finishes its own.
+      if ((err as NodeJS.ErrnoException).code === "ERR_HTTP2_OUT_OF_STREAMS") {
+        if (this.session === session) this.session = undefined;
+        session.close();
+      }
       return { response: Promise.reject(err), cancel: () => {} };
     }
     this.track(session, stream);

@@ -66,7 +66,7 @@ export interface WriteOptions {
 }
 
 /**
- * Calls for one kind, over the process's keep-alive connection (api.ts): every write is a
+ * Calls for one kind, over the process's one HTTP/2 connection (api.ts): every write is a
  * server-side apply under a named field manager, lists are paginated, deletes can carry
  * preconditions.
  */
