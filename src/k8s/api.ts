@@ -131,10 +131,34 @@ export class Api {
   /** One call; resolves with the parsed JSON body, rejects with ApiError on a status >= 300. */
   async request<T>(method: string, path: string, init: RequestInit = {}): Promise<T> {
     noteWork();
-    const ms = init.timeoutMs ?? 30_000;
-    const deadline = AbortSignal.timeout(ms);
-    const signal = init.signal ? AbortSignal.any([init.signal, deadline]) : deadline;
-    const why = () => new Error(`${method} ${path}: ${deadline.aborted ? "timed out" : "aborted"}`);
+    // A timer cleared when the call ends, not AbortSignal.timeout: during a burst of 20,000 writes
+    // those would live their full 30 s each.
+    const local = new AbortController();
+    const signal = local.signal;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      local.abort();
+    }, init.timeoutMs ?? 30_000);
+    const onAbort = () => local.abort();
+    init.signal?.addEventListener("abort", onAbort, { once: true });
+    if (init.signal?.aborted) local.abort();
+    const why = () => new Error(`${method} ${path}: ${timedOut ? "timed out" : "aborted"}`);
+    try {
+      return await this.attempt<T>(method, path, init, signal, why);
+    } finally {
+      clearTimeout(timer);
+      init.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  private async attempt<T>(
+    method: string,
+    path: string,
+    init: RequestInit,
+    signal: AbortSignal,
+    why: () => Error,
+  ): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted) throw why();
       const exchange = await this.send(method, path, init, signal);
