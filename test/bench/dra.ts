@@ -123,19 +123,27 @@ async function main(): Promise<void> {
       })),
     );
     await dc("bench-dra-large", "bench-large", {});
-    // How many Devices exist, without listing them: one item and the count of the rest.
+    // How many Devices exist: counted page by page, since with a label selector the apiserver
+    // gives no remainingItemCount.
     const custom = kc.makeApiClient(k8s.CustomObjectsApi);
     const devicesOfLarge = async () => {
-      const page = (await custom.listClusterCustomObject({
-        group: "spindle.dev",
-        version: "v1alpha1",
-        plural: "devices",
-        labelSelector: `${CONFIGURATION_LABEL}=bench-dra-large`,
-        limit: 1,
-      })) as { items: unknown[]; metadata?: { remainingItemCount?: number } };
-      return page.items.length + (page.metadata?.remainingItemCount ?? 0);
+      let n = 0;
+      let token: string | undefined;
+      do {
+        const page = (await custom.listClusterCustomObject({
+          group: "spindle.dev",
+          version: "v1alpha1",
+          plural: "devices",
+          labelSelector: `${CONFIGURATION_LABEL}=bench-dra-large`,
+          limit: 2000,
+          _continue: token,
+        })) as { items: unknown[]; metadata?: { continue?: string } };
+        n += page.items.length;
+        token = page.metadata?.continue || undefined;
+      } while (token);
+      return n;
     };
-    await until("the Devices", async () => (await devicesOfLarge()) >= LARGE, 900_000, 250);
+    await until("the Devices", async () => (await devicesOfLarge()) >= LARGE, 900_000, 1000);
     report("dra_devices_published_large", LARGE / ((Date.now() - started) / 1000), "devices/s", { devices: LARGE });
     let published: Slice[] = [];
     await until(
