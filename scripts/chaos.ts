@@ -51,7 +51,8 @@ const worst = times.length === 0 ? 0 : times[times.length - 1]!;
 const worstRun = runs.find((r) => r.convergenceSeconds === worst);
 const faults = {
   "429/500/503 responses": sum((r) => r.faults.errors),
-  "connection resets": sum((r) => r.faults.resets),
+  // Over HTTP/2 a reset is the request's stream (RST_STREAM); over HTTP/1.1 its TCP connection.
+  "request resets (HTTP/2 stream resets)": sum((r) => r.faults.resets),
   "watches closed early": sum((r) => r.faults.watchCloses),
   "delayed responses": sum((r) => r.faults.delays),
   "failed first lists": sum((r) => r.faults.firstListFailures),
