@@ -174,8 +174,8 @@ function validate(plan: FaultPlan): FaultPlan {
 }
 
 /**
- * An HTTPS proxy for kube-apiserver on 127.0.0.1, HTTP/2 (as the apiserver) or HTTP/1.1, that injects faults (errors, connection resets,
- * delays, early watch ends, failing first lists) from a seeded PRNG, so a run is reproducible
+ * An HTTPS proxy for kube-apiserver on 127.0.0.1, HTTP/2 (as the apiserver) or HTTP/1.1, that
+ * injects faults (errors, resets, delays, early watch ends, failing first lists) from a seeded PRNG, so a run is reproducible
  * given the seed and the order requests arrive in. Everything else is forwarded unchanged and
  * streamed both ways, so watches work through it. Upgrade requests (exec, port-forward) are not
  * proxied; Spindle makes none.

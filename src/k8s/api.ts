@@ -69,6 +69,9 @@ export const h2HealthCheck = { everyMs: 30_000, timeoutMs: 15_000 };
 const STREAM_WINDOW = 1 << 20;
 const SESSION_WINDOW = 16 << 20;
 
+/** Streams in flight per connection (a closing one may still carry some next to its successor). */
+const openStreams = new WeakMap<ClientHttp2Session, number>();
+
 export type WatchEvent<T> = { type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR"; object: T };
 
 /** A request sent: its response once the headers arrive, and a way to cancel it. */
@@ -310,12 +313,13 @@ export class Api {
 
   /** Refs the connection while it carries a stream, so an idle one never keeps a process alive. */
   private track(session: ClientHttp2Session, stream: ClientHttp2Stream): void {
-    const live = session as ClientHttp2Session & { spindleStreams?: number };
-    live.spindleStreams = (live.spindleStreams ?? 0) + 1;
-    if (live.spindleStreams === 1) session.ref();
+    const open = (openStreams.get(session) ?? 0) + 1;
+    openStreams.set(session, open);
+    if (open === 1) session.ref();
     stream.once("close", () => {
-      live.spindleStreams = (live.spindleStreams ?? 1) - 1;
-      if (live.spindleStreams === 0 && !session.destroyed) session.unref();
+      const left = (openStreams.get(session) ?? 1) - 1;
+      openStreams.set(session, left);
+      if (left === 0 && !session.destroyed) session.unref();
     });
   }
 
